@@ -1,0 +1,75 @@
+"""Family conventions: how each causal-LM family turns token ids into layer-0 inputs.
+
+A family is chosen once, at extraction, and its conventions are written into the manifest,
+so the server never guesses them from a model name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    architectures: tuple[str, ...]
+    model_types: tuple[str, ...]
+    # Gemma multiplies token embeddings by sqrt(hidden_size) before the first layer.
+    sqrt_embed_scale: bool = False
+    # Gemma's RMSNorm scales by (1 + w) instead of w.
+    norm_offset: float = 0.0
+    # mergekit's template in configs/, by file stem.
+    template: str = "llama"
+
+    def embed_scale(self, hidden_size: int) -> float:
+        return math.sqrt(hidden_size) if self.sqrt_embed_scale else 1.0
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("llama", ("LlamaForCausalLM",), ("llama",), template="llama"),
+        Family("mistral", ("MistralForCausalLM",), ("mistral",), template="mistral"),
+        Family("qwen2", ("Qwen2ForCausalLM",), ("qwen2",), template="qwen2"),
+        Family("gemma", ("GemmaForCausalLM",), ("gemma",), True, 1.0, "gemma"),
+        Family("gemma2", ("Gemma2ForCausalLM",), ("gemma2",), True, 1.0, "gemma2"),
+        Family(
+            "gemma3",
+            ("Gemma3ForCausalLM",),
+            ("gemma3_text", "gemma3"),
+            True,
+            1.0,
+            "gemma3",
+        ),
+    )
+}
+
+
+class UnknownFamilyError(ValueError):
+    pass
+
+
+def get_family(name: str) -> Family:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        known = ", ".join(sorted(FAMILIES))
+        raise UnknownFamilyError(f"unknown family {name!r} (known: {known})") from None
+
+
+def detect_family(config: dict) -> Family:
+    """Pick the family from a HF config.json dict: architectures first, then model_type."""
+    archs = config.get("architectures") or []
+    for fam in FAMILIES.values():
+        if any(a in fam.architectures for a in archs):
+            return fam
+    model_type = config.get("model_type")
+    for fam in FAMILIES.values():
+        if model_type in fam.model_types:
+            return fam
+    known = ", ".join(sorted(FAMILIES))
+    raise UnknownFamilyError(
+        f"cannot detect the model family (architectures={archs}, model_type={model_type!r});"
+        f" pass --family, one of: {known}"
+    )

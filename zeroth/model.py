@@ -1,0 +1,110 @@
+"""StaticEmbedder: a folded table + tokenizer, ready to turn text or ids into vectors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import chain
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from zeroth.checkpoint import CENTER, COMPONENTS, TOKEN_WEIGHTS, Checkpoint
+from zeroth.fold import FoldedTable, fold, rms_normalise
+from zeroth.manifest import Manifest
+from zeroth.pooling import OpenVINOPooler, Pooler, TorchPooler, l2_normalise
+
+Backend = Literal["torch", "openvino"]
+Pooling = Literal["mean", "max"]
+
+
+def folded_table(ckpt: Checkpoint, pooling: Pooling = "mean") -> FoldedTable:
+    """The serving table of a checkpoint. Max pooling ignores token weights."""
+    m = ckpt.manifest
+    normed = rms_normalise(ckpt.embed, ckpt.norm_weight, m.norm.eps, m.embed_scale, m.norm.offset)
+    weights = ckpt.optional(TOKEN_WEIGHTS) if pooling == "mean" else None
+    return fold(normed, weights, ckpt.optional(CENTER), ckpt.optional(COMPONENTS))
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    tok = Tokenizer.from_file(str(path))
+    # Limits are the server's business; a saved padding/truncation setting must not leak in.
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+class StaticEmbedder:
+    def __init__(self, manifest: Manifest, tokenizer: Tokenizer, pooler: Pooler, path: Path):
+        self.manifest = manifest
+        self.tokenizer = tokenizer
+        self.pooler = pooler
+        self.path = path
+        self.dim = manifest.hidden_size
+        self.vocab_size = manifest.vocab_size
+        self.add_special_tokens = manifest.tokenizer.add_special_tokens
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        backend: Backend = "torch",
+        device: str = "cpu",
+        pooling: Pooling = "mean",
+    ) -> StaticEmbedder:
+        path = Path(path)
+        ckpt = Checkpoint.from_pretrained(path)
+        manifest = ckpt.manifest
+        if backend == "openvino":
+            if manifest.openvino is None:
+                raise ValueError(f"{path}: no OpenVINO IR (extract with --openvino)")
+            if pooling != "mean":
+                raise ValueError("the OpenVINO backend supports mean pooling only")
+            pooler: Pooler = OpenVINOPooler(path / manifest.openvino.xml)
+        else:
+            pooler = TorchPooler(folded_table(ckpt, pooling), device, pooling)
+        tokenizer = load_tokenizer(path / manifest.tokenizer.file)
+        return cls(manifest, tokenizer, pooler, path)
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        encodings = self.tokenizer.encode_batch_fast(
+            list(texts), add_special_tokens=self.add_special_tokens
+        )
+        return [e.ids for e in encodings]
+
+    def embed_ids(self, ids: Sequence[Sequence[int]], normalize: bool = True) -> np.ndarray:
+        """One vector per non-empty id list; ids must lie in [0, vocab_size)."""
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        offsets = np.zeros(len(ids), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=offsets[1:])
+        flat = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+        vectors = self.pooler.pool(flat, offsets)
+        return l2_normalise(vectors) if normalize else vectors
+
+    def encode(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
+        return self.embed_ids(self.tokenize(texts), normalize)
+
+
+def reference_embed(ckpt: Checkpoint, ids: Sequence[Sequence[int]]) -> np.ndarray:
+    """Straightforward, unfolded computation: the oracle the fast path is tested against."""
+    m = ckpt.manifest
+    w = ckpt.optional(TOKEN_WEIGHTS)
+    c = ckpt.optional(CENTER)
+    u = ckpt.optional(COMPONENTS)
+    out = []
+    for row in ids:
+        idx = torch.tensor(row, dtype=torch.long)
+        x = rms_normalise(
+            ckpt.embed[idx], ckpt.norm_weight, m.norm.eps, m.embed_scale, m.norm.offset
+        )
+        a = torch.ones(len(row)) if w is None else w.to(torch.float32)[idx]
+        v = (a[:, None] * x).sum(0) / a.sum()
+        if c is not None:
+            v = v - c.float()
+        if u is not None and u.numel():
+            v = v - (u.float() @ v) @ u.float()
+        out.append(v / v.norm().clamp_min(1e-12))
+    return torch.stack(out).numpy()

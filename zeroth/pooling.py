@@ -1,0 +1,91 @@
+"""Poolers: ragged token ids in, one (un-normalised) vector per input out.
+
+Inputs arrive as one flat int64 id array plus the start offset of each input, as
+`torch.nn.functional.embedding_bag` takes them, so nothing is padded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from zeroth.fold import FoldedTable
+
+
+class Pooler(Protocol):
+    dim: int
+    device: str
+
+    def pool(self, flat_ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """[n_inputs, dim] float32."""
+        ...
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+    return device
+
+
+class BagModule(torch.nn.Module):
+    """Weighted mean over a folded table; also the graph exported to OpenVINO."""
+
+    def __init__(self, folded: FoldedTable, mode: str = "mean"):
+        super().__init__()
+        self.mode = mode
+        self.table = torch.nn.Parameter(folded.table, requires_grad=False)
+        w = folded.weights
+        self.weighted = w is not None and mode == "mean"
+        if self.weighted:
+            self.weights = torch.nn.Parameter(w[:, None].contiguous(), requires_grad=False)
+
+    def forward(self, input_ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        if not self.weighted:
+            return F.embedding_bag(input_ids, self.table, offsets, mode=self.mode)
+        summed = F.embedding_bag(input_ids, self.table, offsets, mode="sum")
+        denom = F.embedding_bag(input_ids, self.weights, offsets, mode="sum")
+        return summed / denom.clamp_min(1e-30)
+
+
+class TorchPooler:
+    def __init__(self, folded: FoldedTable, device: str = "cpu", mode: str = "mean"):
+        self.device = resolve_device(device)
+        self.module = BagModule(folded, mode).to(self.device).eval()
+        self.dim = folded.table.shape[1]
+
+    @torch.inference_mode()
+    def pool(self, flat_ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        ids = torch.from_numpy(flat_ids).to(self.device)
+        offs = torch.from_numpy(offsets).to(self.device)
+        return self.module(ids, offs).float().cpu().numpy()
+
+
+class OpenVINOPooler:
+    """Runs the IR written by `extract --openvino` (same graph as BagModule)."""
+
+    device = "cpu"
+
+    def __init__(self, xml_path: str | Path):
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(xml_path))
+        # The CPU plugin defaults to bf16 on AVX-512-BF16 machines; ask for fp32 math.
+        self.compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        self.dim = int(self.compiled.output(0).get_partial_shape()[1].get_length())
+
+    def pool(self, flat_ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        # A fresh infer request per call keeps concurrent threads from sharing one.
+        result = self.compiled.create_infer_request().infer([flat_ids, offsets])
+        return np.asarray(result[0], dtype=np.float32)
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
