@@ -1,0 +1,84 @@
+"""Zeroth's OpenAI-compatible embeddings server.
+
+Development:  python server.py [--models-list models_list.yaml] [--host 127.0.0.1] [--port 5000]
+Production:   gunicorn -c gunicorn.conf.py server:app     (models list from $MODELS_LIST)
+
+`app` is built on first access, so importing this module (tests, tools) loads no model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from flask import Flask
+
+from zeroth.api.errors import register_error_handlers
+from zeroth.api.routes import install
+from zeroth.config import ConfigError, load_models_list
+from zeroth.registry import ModelRegistry
+
+DEFAULT_MODELS_LIST = "models_list.yaml"
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+def models_list_path(explicit: str | os.PathLike | None = None) -> Path:
+    """--models-list, else $MODELS_LIST, else ./models_list.yaml."""
+    return Path(explicit or os.environ.get("MODELS_LIST") or DEFAULT_MODELS_LIST)
+
+
+def create_app(
+    models_list: str | os.PathLike | None = None,
+    *,
+    load: bool = True,
+    registry: ModelRegistry | None = None,
+    max_body_bytes: int | None = None,
+) -> Flask:
+    """The Flask app. `load=False` starts with no models (/ready answers 503) until
+    `zeroth.api.routes.set_registry` installs some; `registry` injects a ready-made one."""
+    app = Flask("zeroth")
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes or int(
+        os.environ.get("ZEROTH_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)
+    )
+    path = models_list_path(models_list)
+    app.config["ZEROTH_MODELS_LIST"] = path
+    if registry is None:
+        registry = ModelRegistry.load(load_models_list(path)) if load else ModelRegistry.empty()
+    register_error_handlers(app)
+    install(app, registry)
+    return app
+
+
+def __getattr__(name: str) -> Flask:
+    # `gunicorn server:app` reads this attribute; building it lazily keeps imports cheap.
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        application = create_app()
+    except ConfigError as exc:
+        raise SystemExit(f"zeroth: {exc}") from None
+    globals()["app"] = application
+    return application
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Zeroth embeddings server (development)")
+    parser.add_argument("--models-list", help="models_list.yaml (default: $MODELS_LIST or ./)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        application = create_app(args.models_list)
+    except ConfigError as exc:
+        parser.exit(1, f"zeroth: {exc}\n")
+    application.run(host=args.host, port=args.port, threaded=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

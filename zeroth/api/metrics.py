@@ -1,0 +1,72 @@
+"""Prometheus metrics, per app (no process-global registry), gunicorn multiprocess aware.
+
+Under gunicorn, gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR before anything imports
+prometheus_client; each worker then writes its samples there and /metrics aggregates them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+INPUT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "zeroth_requests", "HTTP requests", ["endpoint", "method", "status"], registry=r
+        )
+        self.errors = Counter(
+            "zeroth_request_errors", "HTTP requests answered 4xx/5xx", ["status"], registry=r
+        )
+        self.latency = Histogram(
+            "zeroth_request_duration_seconds",
+            "Time to answer a request",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "zeroth_embedding_tokens",
+            "Tokens embedded (usage.prompt_tokens)",
+            ["model"],
+            registry=r,
+        )
+        self.inputs = Histogram(
+            "zeroth_embedding_inputs_per_request",
+            "Inputs per embeddings request",
+            ["model"],
+            buckets=INPUT_BUCKETS,
+            registry=r,
+        )
+
+    def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, method, str(status)).inc()
+        if status >= 400:
+            self.errors.labels(str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+
+    def observe_embeddings(self, model: str, inputs: int, tokens: int) -> None:
+        self.tokens.labels(model).inc(tokens)
+        self.inputs.labels(model).observe(inputs)
+
+    def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)
+            return generate_latest(merged)
+        return generate_latest(self.registry)

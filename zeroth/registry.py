@@ -1,0 +1,146 @@
+"""The model registry: every alias of a models list, loaded once, shared by all requests.
+
+This is the server's only mutable state. A reload (issue 5) builds a new registry and swaps
+the reference; requests in flight keep the one they started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import tiktoken
+
+from zeroth.checkpoint import CheckpointError
+from zeroth.config import ConfigError, ModelEntry, ModelsList
+from zeroth.manifest import MANIFEST_NAME
+from zeroth.model import StaticEmbedder
+from zeroth.tiktoken_ids import EncodingUnavailable, load_encoding
+
+log = logging.getLogger(__name__)
+
+EncodingLoader = Callable[[str], tiktoken.Encoding]
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """One alias: a (possibly shared) embedder plus the request-side options of its entry."""
+
+    alias: str
+    entry: ModelEntry
+    embedder: StaticEmbedder
+    # Set when the alias reads token-id inputs as ids of this tiktoken encoding.
+    encoding: tiktoken.Encoding | None
+    # Output size when a request does not ask for `dimensions`.
+    dimensions: int
+    created: int
+
+    @property
+    def native_dim(self) -> int:
+        return self.embedder.dim
+
+
+class UnknownModel(KeyError):
+    pass
+
+
+class NoModelGiven(KeyError):
+    pass
+
+
+class ModelRegistry:
+    def __init__(self, models: dict[str, ServedModel], default: str | None = None):
+        self._models = models
+        self.default = default
+
+    @classmethod
+    def empty(cls) -> ModelRegistry:
+        return cls({})
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._models)
+
+    @classmethod
+    def load(
+        cls, models_list: ModelsList, encoding_loader: EncodingLoader = load_encoding
+    ) -> ModelRegistry:
+        """Open every checkpoint; aliases with the same checkpoint and load options share one."""
+        source = models_list.source or "models list"
+        embedders: dict[tuple, StaticEmbedder] = {}
+        models: dict[str, ServedModel] = {}
+        for alias, entry in models_list.models.items():
+            where = f"{source}: models.{alias}"
+            key = (entry.path, entry.backend, entry.device, entry.pooling)
+            start = time.perf_counter()
+            if key not in embedders:
+                embedders[key] = _open(where, entry)
+            embedder = embedders[key]
+            encoding = None
+            if entry.tiktoken_encoding is not None:
+                try:
+                    encoding = encoding_loader(entry.tiktoken_encoding)
+                except EncodingUnavailable as exc:
+                    raise ConfigError(f"{where}.token_ids: {exc}") from None
+            dims = entry.dimensions or embedder.dim
+            if dims > embedder.dim:
+                raise ConfigError(
+                    f"{where}.dimensions: {dims} is more than the model's {embedder.dim}"
+                )
+            models[alias] = ServedModel(
+                alias=alias,
+                entry=entry,
+                embedder=embedder,
+                encoding=encoding,
+                dimensions=dims,
+                created=int((entry.path / MANIFEST_NAME).stat().st_mtime),
+            )
+            log.info(
+                "model %s -> %s (%s/%s, dim %d) in %.2fs",
+                alias,
+                entry.path,
+                entry.backend,
+                embedder.pooler.device,
+                dims,
+                time.perf_counter() - start,
+            )
+        return cls(models, models_list.default)
+
+    def get(self, alias: str | None) -> ServedModel:
+        if alias is None:
+            if self.default is None:
+                raise NoModelGiven(alias)
+            alias = self.default
+        try:
+            return self._models[alias]
+        except KeyError:
+            raise UnknownModel(alias) from None
+
+    def __contains__(self, alias: str) -> bool:
+        return alias in self._models
+
+    def __iter__(self) -> Iterator[ServedModel]:
+        return iter(self._models.values())
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def embedders(self) -> set[int]:
+        """Identities of the distinct loaded embedders (several aliases may share one)."""
+        return {id(m.embedder) for m in self._models.values()}
+
+
+def _open(where: str, entry: ModelEntry) -> StaticEmbedder:
+    path: Path = entry.path
+    try:
+        return StaticEmbedder.from_pretrained(
+            path, backend=entry.backend, device=entry.device, pooling=entry.pooling
+        )
+    except CheckpointError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except Exception as exc:  # corrupt safetensors, bad tokenizer.json, missing IR, no CUDA...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{where}: cannot load {path}: {first}") from None
