@@ -1,0 +1,239 @@
+"""python -m extract SOURCE --out models/NAME: a causal LM in, a static embedding checkpoint out."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from extract import postprocess
+from extract.errors import ExtractError, UsageError
+
+DESCRIPTION = """\
+Cut the token-embedding table and one RMSNorm weight out of a causal LLM (Llama, Mistral,
+Qwen2, Gemma 1-3) into a small static-embedding checkpoint: model.safetensors, the tokenizer
+and manifest.json. mergekit slices the model with the family's template in configs/; only
+embed_tokens and the chosen norm are read back and kept."""
+
+EPILOG = """\
+examples:
+  python -m extract .cache/weights/SmolLM2-135M-Instruct.Q4_1.gguf --out models/smollm2-135m \\
+      --alias text-embedding-3-small
+  python -m extract .cache/weights/gemma-3-270m-q4_k_m.gguf --out models/gemma3-270m --dtype float16
+  python -m extract path/to/hf-checkpoint --out models/mine --norm layer0 --openvino
+  python -m extract HuggingFaceTB/SmolLM2-135M --out models/smol   # hub id (needs network)
+
+exit status: 0 ok, 1 extraction failed, 2 bad arguments or output exists."""
+
+
+class Stages:
+    """One line per long step on stderr, with the time the previous step took."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.start = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            elapsed = time.monotonic() - self.start
+            print(f"[extract {elapsed:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from zeroth.families import FAMILIES
+
+    parser = argparse.ArgumentParser(
+        prog="python -m extract",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="a local Hugging Face checkpoint directory, a .gguf file (converted once with "
+        "transformers' GGUF loader, cached by sha256), or a hub model id (downloads)",
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, help="checkpoint directory to write (models/NAME)"
+    )
+    parser.add_argument("--force", action="store_true", help="replace --out if it already exists")
+    parser.add_argument(
+        "--family",
+        choices=sorted(FAMILIES),
+        help="model family; default: detected from config.json (architectures, model_type)",
+    )
+    parser.add_argument(
+        "--norm",
+        choices=["final", "layer0"],
+        default="final",
+        help="which RMSNorm weight to keep: the final model.norm (what a [0, 0] slice keeps) "
+        "or layer 0's input_layernorm (a [0, 1] slice). Default: final",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default="float32",
+        help="storage dtype of the embedding table (the norm is always float32). Default: float32",
+    )
+    parser.add_argument(
+        "--add-special-tokens",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="whether serving adds the tokenizer's special tokens (e.g. Gemma's <bos>), as the "
+        "source model sees them. Default: yes",
+    )
+    parser.add_argument(
+        "--revision", help="hub revision (branch, tag or commit) when SOURCE is a hub id"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(".cache"),
+        help="where converted GGUF models are cached (under hf/<sha256 prefix>). Default: .cache",
+    )
+    ov = parser.add_argument_group("OpenVINO")
+    ov.add_argument(
+        "--openvino",
+        action="store_true",
+        help="also write an OpenVINO IR of the pooling graph to OUT/openvino/model.xml",
+    )
+    ov.add_argument(
+        "--ov-weights",
+        choices=["fp32", "fp16", "int8"],
+        default="fp32",
+        help="IR weight precision (int8: per-row symmetric). Default: fp32",
+    )
+    serving = parser.add_argument_group("serving")
+    serving.add_argument(
+        "--alias",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="map this OpenAI model name (e.g. text-embedding-3-small) to the new checkpoint in "
+        "--models-list; repeatable",
+    )
+    serving.add_argument(
+        "--models-list",
+        type=Path,
+        default=Path("models_list.yaml"),
+        help="the alias file --alias edits (created if absent). Default: ./models_list.yaml",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show mergekit's and transformers' logs"
+    )
+    postprocess.add_arguments(parser)
+    return parser
+
+
+def extract(args: argparse.Namespace) -> Path:
+    """The whole pipeline; returns the checkpoint directory."""
+    from extract.mergekit_run import render_config, run_mergekit, source_dtype, template_path
+    from extract.prune import read_embed_and_norm
+    from extract.source import resolve_source
+    from extract.write import (
+        build_checkpoint,
+        check_output,
+        publish,
+        stage_tokenizer,
+        staging_dir,
+    )
+    from zeroth.families import UnknownFamilyError, detect_family, get_family
+
+    log = Stages(args.quiet)
+    out: Path = args.out
+    check_output(out, args.force)
+    if args.ov_weights != "fp32" and not args.openvino:
+        raise UsageError("--ov-weights needs --openvino")
+    if args.alias:
+        from extract.aliases import check_models_list
+
+        check_models_list(args.models_list)
+    if not args.verbose:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+
+    source = resolve_source(args.source, args.cache_dir, args.revision, log)
+    try:
+        family = get_family(args.family) if args.family else detect_family(source.config)
+    except UnknownFamilyError as exc:
+        raise ExtractError(str(exc)) from None
+    layers = 0 if args.norm == "final" else 1
+    merge_dtype = source_dtype(source.config)
+    merge_config = render_config(family.template, source.hf_dir, layers, merge_dtype)
+
+    with staging_dir(out) as staging:
+        merged = staging / "mergekit"
+        log(f"mergekit: {family.name} template, layer_range [0, {layers}]")
+        run_mergekit(merge_config, merged, verbose=args.verbose, quiet=args.quiet)
+        embed, norm_weight = read_embed_and_norm(merged, args.norm)
+        tokenizer_src = merged if (merged / "tokenizer.json").is_file() else source.hf_dir
+        if not (tokenizer_src / "tokenizer.json").is_file():
+            raise ExtractError(f"{source.hf_dir}: no tokenizer.json (a fast tokenizer is needed)")
+        tokenizer_dir = stage_tokenizer(tokenizer_src, staging / "tokenizer")
+        log(f"kept embed_tokens {list(embed.shape)} and the {args.norm} norm")
+        ckpt = build_checkpoint(
+            family=family,
+            config=source.config,
+            embed=embed,
+            norm_weight=norm_weight,
+            norm_source=args.norm,
+            dtype=args.dtype,
+            tokenizer_dir=tokenizer_dir,
+            add_special_tokens=args.add_special_tokens,
+            source=source.spec,
+            extraction={
+                "method": "mergekit passthrough",
+                "template": str(template_path(family.template).name),
+                "layer_range": [0, layers],
+                "mergekit_dtype": merge_dtype,
+                "norm": args.norm,
+                "dtype": args.dtype,
+                "family": "given" if args.family else "detected",
+            },
+        )
+        try:
+            postprocess.apply(ckpt, args)
+        except (ValueError, OSError) as exc:  # its checks on the quality options, corpus files
+            raise UsageError(str(exc).splitlines()[0]) from exc
+        built = staging / "checkpoint"
+        ckpt.save_pretrained(built)
+        if args.openvino:
+            from extract.openvino_export import export_openvino
+            from extract.write import tool_versions
+
+            log(f"exporting OpenVINO IR ({args.ov_weights})")
+            spec = export_openvino(built, args.ov_weights)
+            ckpt.manifest.openvino = spec
+            ckpt.manifest.tools = tool_versions(("openvino",))
+            ckpt.manifest.write(built)
+            log(
+                f"OpenVINO vs torch: max abs diff {spec.max_abs_diff:.2e}, "
+                f"min cosine {spec.min_cosine:.6f}"
+            )
+        publish(built, out, staging, args.force)
+    if args.alias:
+        from extract.aliases import add_aliases
+
+        add_aliases(args.models_list, out, args.alias)
+        log(f"{args.models_list}: {', '.join(args.alias)} -> {out}")
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    log(f"wrote {out} ({size / 1e6:.1f} MB)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        extract(args)
+    except ExtractError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
