@@ -62,6 +62,13 @@ def when_ready(server):
     gc.freeze()
 
 
+def post_fork(server, worker):
+    # After fork torch rebuilds its thread pool lazily, on each thread's first op; two gthread
+    # handler threads doing that at once race ("Invalid thread pool!", a 500 on about 1 server
+    # start in 3). Rebuilding it here, before the handler threads exist, avoids the race.
+    torch.set_num_threads(1)
+
+
 def child_exit(server, worker):
     from prometheus_client import multiprocess
 

@@ -1,0 +1,227 @@
+"""Shared pieces of the benchmark scripts: datasets, latency statistics, server processes."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_EVAL_DIR = REPO.parent / "shared" / "eval"
+DEFAULT_MODEL_DIR = REPO / "models" / "smollm2-135m"
+RESULTS_DIR = REPO / "bench" / "results"
+
+# Common English words, so synthetic texts tokenise to roughly one token per word.
+_WORDS = (
+    "the of and to in is was for on that with as by at from his it an were are which this be "
+    "or has had first one their its new after but who not they have her she two been other when "
+    "there all during into school time may years more most only over city some world would "
+    "where later up such used many can state about national out known university united then "
+    "made system three while people part since year high group game team house water light "
+    "small river long music family work number life day under film back south north early day "
+    "said what each make like him into time look two more write go see way could people than "
+    "first water been call who oil its now find long down day did get come made may part"
+).split()
+
+
+def sts_sentences(eval_dir: str | Path = DEFAULT_EVAL_DIR) -> list[str]:
+    """Both sentences of every STS-B dev pair (tab-separated, columns 6 and 7), in file order."""
+    path = Path(eval_dir) / "stsbenchmark" / "sts-dev.csv"
+    out: list[str] = []
+    with open(path, encoding="utf-8", newline="") as f:
+        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+            if len(row) >= 7:
+                out.extend(s for s in (row[5], row[6]) if s.strip())
+    if not out:
+        raise ValueError(f"{path}: no sentence pairs found")
+    return out
+
+
+def synthetic_texts(length: int, count: int = 1000, seed: int = 0) -> list[str]:
+    """`count` random texts of `length` common words (about `length` tokens each)."""
+    if length < 1:
+        raise ValueError("synthetic length must be >= 1")
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(_WORDS, k=length)) for _ in range(count)]
+
+
+def file_texts(path: str | Path) -> list[str]:
+    """One text per non-empty line."""
+    with open(path, encoding="utf-8") as f:
+        out = [line.rstrip("\n") for line in f if line.strip()]
+    if not out:
+        raise ValueError(f"{path}: no non-empty lines")
+    return out
+
+
+def load_dataset(
+    name: str, eval_dir: str | Path = DEFAULT_EVAL_DIR, synthetic_length: int = 64
+) -> list[str]:
+    if name == "sts":
+        return sts_sentences(eval_dir)
+    if name == "synthetic":
+        return synthetic_texts(synthetic_length)
+    return file_texts(name)
+
+
+def batches(texts: Sequence[str], batch_size: int, count: int | None = None) -> list[list[str]]:
+    """Consecutive batches cycling through `texts`; by default one pass (at least one batch)."""
+    if batch_size < 1:
+        raise ValueError("batch size must be >= 1")
+    if count is None:
+        count = max(1, len(texts) // batch_size)
+    n = len(texts)
+    return [[texts[(i * batch_size + j) % n] for j in range(batch_size)] for i in range(count)]
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default method) of already sorted values."""
+    if not sorted_values:
+        return math.nan
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+@dataclass
+class LatencyStats:
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> LatencyStats:
+        s = sorted(values)
+        if not s:
+            return cls(math.nan, math.nan, math.nan, math.nan, math.nan)
+        return cls(sum(s) / len(s), percentile(s, 50), percentile(s, 90), percentile(s, 99), s[-1])
+
+
+def wait_ready(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> float:
+    """Poll `url` until it answers 200; returns the seconds waited."""
+    t0 = time.perf_counter()
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before {url} was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return time.perf_counter() - t0
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError(f"{url} not ready after {timeout:.0f} s")
+        time.sleep(0.02)
+
+
+def venv_bin(name: str) -> str:
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    # One thread per worker: torch/OpenMP and the tokenizer's rayon pool would otherwise
+    # oversubscribe the cores the workers already share.
+    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    env.update(extra or {})
+    return env
+
+
+def parse_cpus(value: str | None) -> set[int] | None:
+    """'0,1' or '0-3' -> a CPU set for sched_setaffinity; None/'' -> no pinning."""
+    if not value:
+        return None
+    cpus: set[int] = set()
+    for part in value.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def start_process(
+    cmd: list[str], env: dict[str, str], log_path: Path | None = None, cpus: set[int] | None = None
+) -> subprocess.Popen:
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+
+    def pin() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)  # inherited by gunicorn's workers
+
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=pin if cpus else None,
+    )
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """SIGTERM the process group we started (gunicorn master and its workers)."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def write_models_list(path: Path, alias: str, model_dir: Path) -> Path:
+    """A one-model list for our server (the schema of models_list.yaml)."""
+    path.write_text(f"models:\n  {alias}:\n    path: {model_dir}\ndefault: {alias}\n")
+    return path
+
+
+def ours_command(port: int, workers: int, extra: Sequence[str] = ()) -> list[str]:
+    """Our server as deployed (gunicorn.conf.py), on a private port, without the control socket
+    so parallel instances don't collide."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "gunicorn.conf.py",
+        "-b",
+        f"127.0.0.1:{port}",
+        "-w",
+        str(workers),
+        "--no-control-socket",
+        *extra,
+        "server:app",
+    ]
+
+
+def seed_command(port: int, workers: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-b",
+        f"127.0.0.1:{port}",
+        "-w",
+        str(workers),
+        "--no-control-socket",
+        "--timeout",
+        "120",
+        "bench.seed_server:app",
+    ]

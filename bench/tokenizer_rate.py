@@ -1,0 +1,110 @@
+"""The tokenizer alone: tokens/s of `encode_batch_fast` in N processes on the same texts.
+
+This is the ceiling for a server whose per-request work is dominated by tokenising:
+
+    python -m bench.tokenizer_rate --batch_size 256 --processes 2 --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.common import DEFAULT_EVAL_DIR, DEFAULT_MODEL_DIR, batches, load_dataset
+
+
+def _worker(
+    tokenizer_path: str,
+    texts: list[list[str]],
+    add_special: bool,
+    duration: float,
+    start,
+    out,
+    cpus: set[int] | None = None,
+) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(tokenizer_path)
+    tok.no_padding()
+    tok.no_truncation()
+    start.wait()
+    tokens = calls = 0
+    t0 = time.perf_counter()
+    deadline = t0 + duration
+    while time.perf_counter() < deadline:
+        enc = tok.encode_batch_fast(texts[calls % len(texts)], add_special_tokens=add_special)
+        tokens += sum(map(len, enc))
+        calls += 1
+    out.put((tokens, calls, time.perf_counter() - t0))
+
+
+def tokenizer_rate(
+    model_dir: Path,
+    texts: Sequence[str],
+    batch_size: int = 256,
+    processes: int = 2,
+    duration: float = 5.0,
+    cpus: set[int] | None = None,
+) -> dict:
+    """Aggregate tokens/s over `processes` processes, each tokenising batches for `duration`."""
+    manifest = json.loads((Path(model_dir) / "manifest.json").read_text())
+    tok_path = str(Path(model_dir) / manifest["tokenizer"]["file"])
+    add_special = bool(manifest["tokenizer"].get("add_special_tokens", True))
+    groups = batches(list(texts), batch_size)
+    # One rayon thread per process: N processes are meant to use N cores, like N workers.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_worker, args=(tok_path, groups, add_special, duration, start, out, cpus)
+        )
+        for _ in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)  # let every process load its tokenizer before the clock starts
+    start.set()
+    results = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    tokens = sum(r[0] for r in results)
+    calls = sum(r[1] for r in results)
+    wall = max(r[2] for r in results)
+    return {
+        "processes": processes,
+        "batch_size": batch_size,
+        "tokens_per_s": tokens / wall,
+        "inputs_per_s": calls * batch_size / wall,
+        "batches_per_s": calls / wall,
+        "duration_s": wall,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    p.add_argument("--dataset", default="sts")
+    p.add_argument("--eval-dir", default=str(DEFAULT_EVAL_DIR))
+    p.add_argument("--synthetic_length", type=int, default=64)
+    p.add_argument("--batch_size", type=int, default=256)
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--duration", type=float, default=5.0)
+    args = p.parse_args(argv)
+    texts = load_dataset(args.dataset, args.eval_dir, args.synthetic_length)
+    result = tokenizer_rate(
+        Path(args.model_dir), texts, args.batch_size, args.processes, args.duration
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
