@@ -81,8 +81,9 @@ class StaticEmbedder:
         offsets = np.zeros(len(ids), dtype=np.int64)
         np.cumsum(lengths[:-1], out=offsets[1:])
         flat = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
-        vectors = self.pooler.pool(flat, offsets)
-        return l2_normalise(vectors) if normalize else vectors
+        if normalize:
+            return l2_normalise(self.pooler.pool(flat, offsets, direction_only=True))
+        return self.pooler.pool(flat, offsets)
 
     def encode(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
         return self.embed_ids(self.tokenize(texts), normalize)

@@ -26,7 +26,7 @@ def pool(ids: list[list[int]], model: ServedModel, dims: int) -> np.ndarray:
     """[n, dims] little-endian float32, C-contiguous; unit length unless normalize is off."""
     normalize = model.entry.normalize
     full = dims == model.native_dim
-    vectors = model.embedder.embed_ids(ids, normalize=normalize and full)
+    vectors = model.embedder.embed_ids(ids, normalize=normalize)
     if not full:
         # Matryoshka-style shortening, as OpenAI's text-embedding-3 does: keep the first
         # components, then bring the vector back to unit length.
