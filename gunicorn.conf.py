@@ -1,8 +1,13 @@
 """gunicorn settings for `gunicorn -c gunicorn.conf.py server:app`.
 
 Environment: MODELS_LIST (models list file), ZEROTH_BIND (0.0.0.0:8000), ZEROTH_WORKERS (2),
-ZEROTH_THREADS (2 per worker), ZEROTH_TIMEOUT (60 s), ZEROTH_LOG_LEVEL (info),
-PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless set).
+ZEROTH_THREADS (2 per worker), ZEROTH_TIMEOUT (60 s), ZEROTH_GRACEFUL_TIMEOUT (30 s),
+ZEROTH_LOG_LEVEL (info), PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless set).
+
+Reload: `kill -HUP <master>` (or POST /admin/reload). gunicorn re-reads this file, on_reload
+below loads the models list into a new registry in the master, and gunicorn then forks new
+workers from it and stops the old ones gracefully (they finish their requests). gunicorn's
+own HUP alone would not do it: with preload_app the app is never imported again.
 """
 
 import gc
@@ -24,9 +29,12 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="zeroth-metrics-")
 _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 os.makedirs(_metrics_dir, exist_ok=True)
-for _name in os.listdir(_metrics_dir):  # samples of a previous run would be summed in
-    if _name.endswith(".db"):
-        os.remove(os.path.join(_metrics_dir, _name))
+# SIGHUP runs this file again in the same master: the live workers' samples must stay.
+if os.environ.get("ZEROTH_CONF_PID") != str(os.getpid()):
+    os.environ["ZEROTH_CONF_PID"] = str(os.getpid())
+    for _name in os.listdir(_metrics_dir):  # samples of a previous run would be summed in
+        if _name.endswith(".db"):
+            os.remove(os.path.join(_metrics_dir, _name))
 
 import torch  # noqa: E402
 
@@ -47,7 +55,8 @@ threads = int(os.environ.get("ZEROTH_THREADS", "2"))
 # Load the models once in the master so the workers share the table's pages copy-on-write.
 preload_app = True
 timeout = int(os.environ.get("ZEROTH_TIMEOUT", "60"))
-graceful_timeout = 30
+# SIGTERM (and a reload) lets a worker finish the requests it has for this long.
+graceful_timeout = int(os.environ.get("ZEROTH_GRACEFUL_TIMEOUT", "30"))
 keepalive = 5
 # gunicorn 27 opens ~/.gunicorn/gunicorn.ctl by default; two servers on one host collide.
 control_socket_disable = True
@@ -67,6 +76,22 @@ def post_fork(server, worker):
     # handler threads doing that at once race ("Invalid thread pool!", a 500 on about 1 server
     # start in 3). Rebuilding it here, before the handler threads exist, avoids the race.
     torch.set_num_threads(1)
+    from zeroth.reload import GUNICORN_MASTER
+
+    # POST /admin/reload in one worker reaches all of them through the master's SIGHUP.
+    server.app.wsgi().config[GUNICORN_MASTER] = server.pid
+
+
+def on_reload(server):
+    # Runs in the master on SIGHUP, before gunicorn forks the new workers.
+    from zeroth.reload import reload_app
+
+    try:
+        reload_app(server.app.wsgi())
+    except Exception as exc:  # the old registry stays; the new workers fork from it
+        server.log.error("reload failed, still serving the previous models: %s", exc)
+    gc.collect()
+    gc.freeze()
 
 
 def child_exit(server, worker):

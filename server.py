@@ -15,10 +15,16 @@ from pathlib import Path
 
 from flask import Flask
 
+from zeroth.api.admin import AUTH_ENABLED, admin
+from zeroth.api.auth import install_auth
 from zeroth.api.errors import register_error_handlers
+from zeroth.api.openapi import docs
+from zeroth.api.request_log import install_request_log
 from zeroth.api.routes import install
+from zeroth.auth import KeyChecker, load_keys
 from zeroth.config import ConfigError, load_models_list
 from zeroth.registry import ModelRegistry
+from zeroth.reload import MODELS_LIST, install_sighup
 
 DEFAULT_MODELS_LIST = "models_list.yaml"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -35,19 +41,30 @@ def create_app(
     load: bool = True,
     registry: ModelRegistry | None = None,
     max_body_bytes: int | None = None,
+    api_keys: list[bytes] | None = None,
 ) -> Flask:
     """The Flask app. `load=False` starts with no models (/ready answers 503) until
-    `zeroth.api.routes.set_registry` installs some; `registry` injects a ready-made one."""
+    `zeroth.api.routes.set_registry` installs some; `registry` injects a ready-made one.
+    `api_keys` default: $ZEROTH_API_KEYS and $ZEROTH_API_KEYS_FILE (none: the API is open)."""
+    # Keys first: a missing key file must stop the server before seconds of model loading.
+    checker = KeyChecker(load_keys() if api_keys is None else api_keys)
     app = Flask("zeroth")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes or int(
         os.environ.get("ZEROTH_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)
     )
     path = models_list_path(models_list)
-    app.config["ZEROTH_MODELS_LIST"] = path
+    app.config[MODELS_LIST] = path
+    app.config[AUTH_ENABLED] = checker.enabled
     if registry is None:
         registry = ModelRegistry.load(load_models_list(path)) if load else ModelRegistry.empty()
     register_error_handlers(app)
     install(app, registry)
+    # Hooks run in this order, after install's clock: a refused request still gets an id,
+    # a log line and its metrics.
+    install_request_log(app)
+    install_auth(app, checker)
+    app.register_blueprint(admin)
+    app.register_blueprint(docs)
     return app
 
 
@@ -76,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         application = create_app(args.models_list)
     except ConfigError as exc:
         parser.exit(1, f"zeroth: {exc}\n")
+    install_sighup(application)
     application.run(host=args.host, port=args.port, threaded=True)
     return 0
 

@@ -7,17 +7,19 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from zeroth.config import ConfigError
+
 KEYS_ENV = "ZEROTH_API_KEYS"
 KEYS_FILE_ENV = "ZEROTH_API_KEYS_FILE"
 
 
-class AuthConfigError(ValueError):
-    pass
+class AuthConfigError(ConfigError):
+    """Keys that cannot be loaded; the server refuses to start rather than run open."""
 
 
-def _split(text: str) -> list[str]:
+def _keys(lines: list[str]) -> list[str]:
     keys = []
-    for line in text.replace(",", "\n").splitlines():
+    for line in lines:
         line = line.strip()
         if line and not line.startswith("#"):
             keys.append(line)
@@ -26,14 +28,22 @@ def _split(text: str) -> list[str]:
 
 def load_keys(environ: Mapping[str, str] = os.environ) -> list[bytes]:
     """Keys from ZEROTH_API_KEYS (comma- or newline-separated) and/or ZEROTH_API_KEYS_FILE
-    (one key a line, '#' comments). No keys means the API is open."""
-    keys = _split(environ.get(KEYS_ENV, ""))
+    (one key a line, '#' comments, surrounding whitespace ignored). No keys: the API is open."""
+    keys = _keys(environ.get(KEYS_ENV, "").replace(",", "\n").splitlines())
     path = environ.get(KEYS_FILE_ENV)
     if path:
         try:
-            keys += _split(Path(path).read_text(encoding="utf-8"))
+            # A key may hold a comma; only the environment variable splits on them.
+            from_file = _keys(Path(path).read_text(encoding="utf-8-sig").splitlines())
         except OSError as exc:
             raise AuthConfigError(f"{KEYS_FILE_ENV}={path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise AuthConfigError(f"{KEYS_FILE_ENV}={path}: not UTF-8 text") from None
+        if not from_file:
+            # An empty file most likely means a failed secret mount: starting open would be
+            # the worst way to find out.
+            raise AuthConfigError(f"{KEYS_FILE_ENV}={path}: the file holds no keys")
+        keys += from_file
     return [k.encode("utf-8") for k in keys]
 
 
@@ -50,8 +60,8 @@ def bearer_token(header: str | None) -> bytes | None:
         return None
     try:
         return token.encode("latin-1")
-    except UnicodeEncodeError:
-        return token.encode("utf-8")
+    except UnicodeEncodeError:  # a test client that passed non-latin-1 text through as-is
+        return token.encode("utf-8", "surrogatepass")
 
 
 class KeyChecker:

@@ -29,6 +29,9 @@ from pydantic import (
 
 # OpenAI's own per-input limit is 8191 tokens; one more keeps the arithmetic round.
 DEFAULT_MAX_TOKENS = 8192
+# OpenAI's documented limits per embeddings request.
+DEFAULT_MAX_INPUTS = 2048
+DEFAULT_MAX_TOTAL_TOKENS = 300_000
 _TOKEN_IDS = re.compile(r"^(native|tiktoken:[A-Za-z0-9_.-]+)$")
 
 
@@ -68,11 +71,19 @@ class ModelEntry(_Strict):
         return self.token_ids.partition(":")[2] or None
 
 
+class Limits(_Strict):
+    """Per-request limits shared by every model (tokens per input are per model)."""
+
+    max_inputs: Annotated[int, Field(ge=1)] = DEFAULT_MAX_INPUTS
+    max_total_tokens: Annotated[int, Field(ge=1)] = DEFAULT_MAX_TOTAL_TOKENS
+
+
 class ModelsList(_Strict):
     models: dict[str, ModelEntry] = Field(min_length=1)
     default: str | None = None
-    # Request limits and API keys (issue 5) become sections here. Until they exist, writing
-    # them fails as an unknown key: a silently ignored `auth:` would leave the server open.
+    limits: Limits = Limits()
+    # API keys stay out of this file (environment or a key file): writing an `auth:` section
+    # fails as an unknown key rather than being silently ignored.
 
     # Set by load_models_list (model_copy skips validation), never by the file: the file
     # this list came from, whose folder entry paths are already resolved against.
@@ -104,7 +115,10 @@ def _one_line(source: str, exc: ValidationError) -> str:
     loc = ".".join(str(part) for part in err["loc"])
     if err["type"] == "extra_forbidden":
         where = err["loc"][:-1]
-        allowed = ModelEntry.model_fields if len(where) == 2 else ModelsList.model_fields
+        if where[:1] == ("limits",):
+            allowed = Limits.model_fields
+        else:
+            allowed = ModelEntry.model_fields if len(where) == 2 else ModelsList.model_fields
         names = sorted(a for a in allowed if a != "source")
         msg = f"unknown key (allowed: {', '.join(names)})"
     else:

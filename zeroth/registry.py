@@ -15,7 +15,7 @@ from pathlib import Path
 import tiktoken
 
 from zeroth.checkpoint import CheckpointError
-from zeroth.config import ConfigError, ModelEntry, ModelsList
+from zeroth.config import ConfigError, Limits, ModelEntry, ModelsList
 from zeroth.manifest import MANIFEST_NAME
 from zeroth.model import StaticEmbedder
 from zeroth.tiktoken_ids import EncodingUnavailable, load_encoding
@@ -52,9 +52,16 @@ class NoModelGiven(KeyError):
 
 
 class ModelRegistry:
-    def __init__(self, models: dict[str, ServedModel], default: str | None = None):
+    def __init__(
+        self,
+        models: dict[str, ServedModel],
+        default: str | None = None,
+        limits: Limits | None = None,
+    ):
         self._models = models
         self.default = default
+        # Part of the registry so that a reload swaps limits and models together.
+        self.limits = limits or Limits()
 
     @classmethod
     def empty(cls) -> ModelRegistry:
@@ -74,6 +81,7 @@ class ModelRegistry:
         models: dict[str, ServedModel] = {}
         for alias, entry in models_list.models.items():
             where = f"{source}: models.{alias}"
+            entry = entry.model_copy(update={"path": newest_version(entry.path)})
             key = (entry.path, entry.backend, entry.device, entry.pooling)
             start = time.perf_counter()
             if key not in embedders:
@@ -107,7 +115,7 @@ class ModelRegistry:
                 dims,
                 time.perf_counter() - start,
             )
-        return cls(models, models_list.default)
+        return cls(models, models_list.default, models_list.limits)
 
     def get(self, alias: str | None) -> ServedModel:
         if alias is None:
@@ -131,6 +139,19 @@ class ModelRegistry:
     def embedders(self) -> set[int]:
         """Identities of the distinct loaded embedders (several aliases may share one)."""
         return {id(m.embedder) for m in self._models.values()}
+
+
+def newest_version(path: Path) -> Path:
+    """`path` itself if it is a checkpoint; else, as OpenVINO Model Server lays models out,
+    its highest-numbered subfolder (models/x/1, models/x/2, ...) that holds a checkpoint."""
+    if (path / MANIFEST_NAME).is_file() or not path.is_dir():
+        return path
+    versions = [
+        int(child.name)
+        for child in path.iterdir()
+        if child.name.isascii() and child.name.isdigit() and (child / MANIFEST_NAME).is_file()
+    ]
+    return path / str(max(versions)) if versions else path
 
 
 def _open(where: str, entry: ModelEntry) -> StaticEmbedder:

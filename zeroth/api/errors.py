@@ -66,7 +66,7 @@ def _from_http(exc: HTTPException) -> ApiError:
         message = f"Method {request.method} is not allowed for {request.path}"
     elif status == 413:
         limit = request.max_content_length
-        message = f"Request body is larger than the limit of {limit} bytes"
+        message = f"Request body is larger than the limit of {limit} bytes (ZEROTH_MAX_BODY_BYTES)"
     else:
         message = exc.description or exc.name
     headers = {}

@@ -9,8 +9,10 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 
 from zeroth.api.encode import embeddings_body
 from zeroth.api.errors import SERVER_ERROR, ApiError, bad_request
+from zeroth.api.limits import check_total_tokens
 from zeroth.api.metrics import Metrics
 from zeroth.api.pool import output_dimensions, pool
+from zeroth.api.request_log import note_request, note_tokens
 from zeroth.api.schemas import parse_embedding_request, read_json
 from zeroth.api.tokenize import tokenize
 from zeroth.registry import ModelRegistry, NoModelGiven, ServedModel, UnknownModel
@@ -34,8 +36,9 @@ def _json(body: object, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status=status, mimetype="application/json")
 
 
-def _ready_registry() -> ModelRegistry:
-    registry = get_registry()
+def _ready_registry(registry: ModelRegistry | None = None) -> ModelRegistry:
+    if registry is None:
+        registry = get_registry()
     if not registry.ready:
         raise ApiError(
             503, "The models are still loading; retry shortly", type=SERVER_ERROR, code="not_ready"
@@ -58,11 +61,16 @@ def _model(registry: ModelRegistry, name: str | None) -> ServedModel:
 
 @api.post("/v1/embeddings")
 def embeddings() -> Response:
-    req = parse_embedding_request(read_json(request))
-    registry = _ready_registry()
+    # One registry for the whole request, even if a reload swaps it meanwhile.
+    registry = get_registry()
+    req = parse_embedding_request(read_json(request), registry.limits.max_inputs)
+    _ready_registry(registry)
     model = _model(registry, req.model)
+    note_request(req, model.alias)
     dims = output_dimensions(req.dimensions, model)
     tokens = tokenize(req, model)
+    note_tokens(tokens.count)
+    check_total_tokens(tokens.count, registry.limits)
     vectors = pool(tokens.ids, model, dims)
     body = embeddings_body(vectors, req.encoding_format, model.alias, tokens.count)
     current_app.extensions[METRICS].observe_embeddings(model.alias, len(tokens.ids), tokens.count)

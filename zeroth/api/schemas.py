@@ -67,13 +67,13 @@ def _read_body(request: Request) -> bytes:
     if len(body) > limit:
         raise ApiError(
             413,
-            f"Request body is larger than the limit of {limit} bytes",
+            f"Request body is larger than the limit of {limit} bytes (ZEROTH_MAX_BODY_BYTES)",
             code="request_too_large",
         )
     return body
 
 
-def parse_embedding_request(payload: object) -> EmbeddingRequest:
+def parse_embedding_request(payload: object, max_inputs: int = MAX_INPUTS) -> EmbeddingRequest:
     if not isinstance(payload, dict):
         raise bad_request("The request body must be a JSON object")
     unknown = payload.keys() - FIELDS
@@ -83,7 +83,7 @@ def parse_embedding_request(payload: object) -> EmbeddingRequest:
         raise bad_request(f"Unrecognized request argument supplied: {name}", param=name)
     if "input" not in payload or payload["input"] is None:
         raise bad_request("Missing required parameter: 'input'", param="input")
-    texts, ids = _parse_input(payload["input"])
+    texts, ids = _parse_input(payload["input"], max_inputs)
     return EmbeddingRequest(
         model=_optional_str(payload, "model"),
         texts=texts,
@@ -122,7 +122,9 @@ def _dimensions(value: object) -> int | None:
     return value
 
 
-def _parse_input(value: object) -> tuple[list[str] | None, list[list[int]] | None]:
+def _parse_input(
+    value: object, max_inputs: int = MAX_INPUTS
+) -> tuple[list[str] | None, list[list[int]] | None]:
     if isinstance(value, str):
         if not value:
             raise bad_request("'input' must not be an empty string", param="input")
@@ -135,9 +137,10 @@ def _parse_input(value: object) -> tuple[list[str] | None, list[list[int]] | Non
     if kinds == {int}:
         # One input given as token ids: its length is bounded by max_tokens, not MAX_INPUTS.
         return None, [value]
-    if len(value) > MAX_INPUTS:
+    if len(value) > max_inputs:
         raise bad_request(
-            f"'input' has {len(value)} items; at most {MAX_INPUTS} are allowed", param="input"
+            f"'input' has {len(value)} items; at most {max_inputs} are allowed (limits.max_inputs)",
+            param="input",
         )
     if kinds == {str}:
         if "" in value:
@@ -182,5 +185,8 @@ def _kind(value: object) -> str:
 
 
 def _show(value: object) -> str:
-    text = orjson.dumps(value).decode() if not isinstance(value, bytes) else repr(value)
+    try:
+        text = orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (it reads deeper)
+        return _kind(value)
     return text if len(text) <= 40 else text[:37] + "..."

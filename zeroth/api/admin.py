@@ -1,0 +1,43 @@
+"""POST /admin/reload: reload the models list without downtime (see zeroth/reload.py).
+
+Only served when API keys are configured: an open server must not let anyone make it load
+models. The key gate (zeroth/api/auth.py) covers /admin/* like the rest of the API.
+"""
+
+from __future__ import annotations
+
+import orjson
+from flask import Blueprint, Response, current_app
+
+from zeroth.api.errors import ApiError
+from zeroth.config import ConfigError
+from zeroth.reload import GUNICORN_MASTER, reload_everywhere
+
+AUTH_ENABLED = "ZEROTH_AUTH_ENABLED"
+
+admin = Blueprint("zeroth_admin", __name__)
+
+
+@admin.post("/admin/reload")
+def reload_models() -> Response:
+    app = current_app._get_current_object()
+    if not app.config.get(AUTH_ENABLED):
+        raise ApiError(
+            403,
+            "Admin endpoints need API keys: set ZEROTH_API_KEYS or ZEROTH_API_KEYS_FILE "
+            "(or send the server SIGHUP)",
+            code="admin_disabled",
+        )
+    try:
+        registry = reload_everywhere(app)
+    except ConfigError as exc:
+        raise ApiError(
+            400, f"Reload failed; still serving the previous models: {exc}", code="reload_failed"
+        ) from None
+    body = {
+        "status": "reloaded",
+        "models": [m.alias for m in registry],
+        # Under gunicorn the master reloads too and replaces the workers gracefully.
+        "workers": "replacing" if app.config.get(GUNICORN_MASTER) else "single process",
+    }
+    return Response(orjson.dumps(body), mimetype="application/json")

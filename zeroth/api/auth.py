@@ -1,0 +1,36 @@
+"""The API-key gate: every endpoint but the probes needs `Authorization: Bearer KEY` once
+keys are configured. Answers 401 in OpenAI's words and shape."""
+
+from __future__ import annotations
+
+from flask import Flask, request
+
+from zeroth.api.errors import ApiError
+from zeroth.auth import KeyChecker, bearer_token
+
+# Load balancers and orchestrators probe these without credentials.
+OPEN_PATHS = frozenset({"/health", "/ready"})
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="zeroth"'}
+
+
+def install_auth(app: Flask, checker: KeyChecker) -> None:
+    if not checker.enabled:
+        return
+
+    @app.before_request
+    def _require_key() -> None:
+        if request.path in OPEN_PATHS:
+            return
+        header = request.headers.get("Authorization")
+        token = bearer_token(header)
+        if checker.allows(token):
+            return
+        if token is None:
+            message = (
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+            )
+        else:
+            # OpenAI shows a masked key here; echoing any part of a secret is not worth it.
+            message = "Incorrect API key provided."
+        raise ApiError(401, message, code="invalid_api_key", headers=_CHALLENGE)
