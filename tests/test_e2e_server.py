@@ -302,3 +302,19 @@ def test_metrics_aggregate_across_workers(server_url: str) -> None:
     for _ in range(20):  # spread over both workers by the kernel's accept queue
         assert _get(f"{server_url}/health")[0] == 200
     assert count() - before == 20
+
+
+def test_parity_with_the_full_hf_model(server_url: str, capsys) -> None:
+    """bench.parity: the served vectors equal the whole source model's hooked computation."""
+    from bench.parity import main as parity
+
+    rc = parity(
+        ["--api_url", f"{server_url}/v1", "--checkpoint", str(MODEL_DIR), "--json"]
+        + ["--min-cosine", "0.99999"]
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert rc == 0, result
+    assert result["inputs"] >= 8 and result["norm"] == "final"
+    # The default build folds SIF weights, centring and components; parity must cover them.
+    assert result["postprocess"]["weighting"] == "sif" and result["postprocess"]["center"]
+    assert result["max_abs_diff"] < 1e-4
