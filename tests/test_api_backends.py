@@ -94,3 +94,84 @@ def test_cuda_agrees_with_cpu(cuda_client, name: str) -> None:
     np.testing.assert_allclose(got, ref, atol=1e-5)
     alone = vectors(post(cuda_client, {"model": on_gpu, "input": MANY[2]}))
     np.testing.assert_allclose(alone[0], got[2], atol=1e-6)
+
+
+def _pooler(client, name: str):
+    from zeroth.api.routes import get_registry
+
+    with client.application.app_context():
+        return get_registry().get(name).embedder.pooler
+
+
+def test_cuda_table_is_placed_in_the_process_that_uses_it(cuda_or_cpu_client) -> None:
+    """A preloaded gunicorn master must not initialise CUDA before it forks the workers."""
+    client, name = cuda_or_cpu_client
+    pooler = _pooler(client, name)
+    assert pooler.module.table.device.type == "cpu"  # loaded, not yet used
+    post(client, {"model": name, "input": MANY[:2]})
+    assert pooler.module.table.device.type == pooler.device
+
+
+@pytest.fixture
+def cuda_or_cpu_client(tmp_path, tiny_ckpt: Path):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    path = write_models_list(
+        tmp_path / "m.yaml", {"models": {"m": {"path": str(tiny_ckpt), "device": device}}}
+    )
+    return create_app(path).test_client(), "m"
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_under_preloaded_gunicorn(tmp_path, tiny_ckpt: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from test_e2e_server import ROOT, _free_port, _get
+
+    models = {"gpu": {"path": str(tiny_ckpt), "device": "cuda"}, "cpu": {"path": str(tiny_ckpt)}}
+    port = _free_port()
+    env = {
+        **os.environ,
+        "ZEROTH_BIND": f"127.0.0.1:{port}",
+        "ZEROTH_WORKERS": "2",
+        "MODELS_LIST": str(write_models_list(tmp_path / "m.yaml", {"models": models})),
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = tmp_path / "server.log"
+    cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "server:app"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def embed(model: str) -> np.ndarray:
+        body = json.dumps({"model": model, "input": MANY}).encode()
+        req = urllib.request.Request(
+            f"{url}/v1/embeddings", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return np.array([d["embedding"] for d in json.load(resp)["data"]])
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if _get(f"{url}/ready")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        # Several requests, so that both workers serve (and place their table) at least once.
+        ref = embed("cpu")
+        for _ in range(6):
+            np.testing.assert_allclose(embed("gpu"), ref, atol=1e-5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

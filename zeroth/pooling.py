@@ -6,6 +6,8 @@ Inputs arrive as one flat int64 id array plus the start offset of each input, as
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -28,10 +30,17 @@ class Pooler(Protocol):
         ...
 
 
+def cuda_available() -> bool:
+    # The default check initialises CUDA, after which no forked gunicorn worker can use it;
+    # asking NVML instead leaves CUDA untouched until a worker first pools.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    return torch.cuda.is_available()
+
+
 def resolve_device(device: str) -> str:
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+        return "cuda" if cuda_available() else "cpu"
+    if device == "cuda" and not cuda_available():
         raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
     return device
 
@@ -62,8 +71,21 @@ class BagModule(torch.nn.Module):
 class TorchPooler:
     def __init__(self, folded: FoldedTable, device: str = "cpu", mode: str = "mean"):
         self.device = resolve_device(device)
-        self.module = BagModule(folded, mode).to(self.device).eval()
+        self.module = BagModule(folded, mode).eval()
         self.dim = folded.table.shape[1]
+        # CUDA cannot be used in a process forked after it was initialised, and gunicorn forks
+        # its workers from a master that loaded the models: the table moves to the GPU on first
+        # use, in the process that uses it.
+        self._placed_in = os.getpid() if self.device == "cpu" else None
+        self._placing = threading.Lock()
+
+    def _module(self) -> BagModule:
+        if self._placed_in != os.getpid():
+            with self._placing:
+                if self._placed_in != os.getpid():
+                    self.module.to(self.device)
+                    self._placed_in = os.getpid()
+        return self.module
 
     def pool(
         self, flat_ids: np.ndarray, offsets: np.ndarray, direction_only: bool = False
@@ -71,7 +93,7 @@ class TorchPooler:
         # No grad mode needed: nothing here requires grad, and entering one costs ~7 us.
         ids = torch.from_numpy(flat_ids).to(self.device)
         offs = torch.from_numpy(offsets).to(self.device)
-        m = self.module
+        m = self._module()
         # L2 normalisation cancels the weights' denominator: skip its second embedding_bag.
         out = m.weighted_sum(ids, offs) if direction_only and m.weighted else m(ids, offs)
         return out.float().cpu().numpy()
