@@ -31,7 +31,7 @@ SEED = ["--weighting", "none", "--no-center", "--remove-components", "0"]
 K = str(postprocess.DEFAULT_COMPONENTS)
 # name -> (description for the table, extraction flags); "{corpus}" is the STS-B train file.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "seed": ("seed method (final norm, plain mean)", SEED),
+    "seed": ("plain mean, no post-processing", SEED),
     "sif": (
         "SIF weights only (prior)",
         ["--weighting", "sif", "--no-center", "--remove-components", "0"],
