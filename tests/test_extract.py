@@ -17,12 +17,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
+from bench.parity import hooked_norm_outputs
 from extract.aliases import add_aliases
 from extract.cli import main
 from extract.errors import ExtractError
 from extract.mergekit_run import CONFIGS_DIR, render_config
 from extract.prune import read_embed_and_norm
-from tests.tiny_models import PAD_ID, SENTENCES, SPECS, VOCAB_SIZE, save_tiny_model
+from tests.tiny_models import SENTENCES, SPECS, VOCAB_SIZE, save_tiny_model
 from zeroth.families import FAMILIES
 from zeroth.manifest import Manifest
 from zeroth.model import StaticEmbedder
@@ -61,31 +62,9 @@ def one_line_error(err: str) -> str:
 
 
 def hf_pooled(model_dir: Path, norm: str, batch: list[list[int]]) -> np.ndarray:
-    """Run the full HF model on a padded batch, hook the chosen norm's output, mean-pool, L2."""
+    """Run the full HF model on each input, hook the chosen norm's output, mean-pool, L2."""
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    length = max(map(len, batch))
-    ids = torch.full((len(batch), length), PAD_ID, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(batch):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    captured = []
-    if norm == "layer0":
-        module = model.model.layers[0].input_layernorm
-        handle = module.register_forward_hook(lambda m, args, out: captured.append(out))
-    else:
-        # The final norm normally sees the last layer's output; apply it to what enters layer 0
-        # (the embeddings, scaled as the model scales them) to get the static table's input.
-        def grab(m, args, kwargs):
-            captured.append(model.model.norm(args[0] if args else kwargs["hidden_states"]))
-
-        handle = model.model.layers[0].register_forward_pre_hook(grab, with_kwargs=True)
-    with torch.no_grad():
-        model(input_ids=ids, attention_mask=mask)
-    handle.remove()
-    hidden = captured[0]
-    m = mask[..., None].to(hidden.dtype)
-    pooled = (hidden * m).sum(1) / m.sum(1)
+    pooled = torch.stack([hooked_norm_outputs(model, norm, row).mean(0) for row in batch])
     return torch.nn.functional.normalize(pooled, dim=-1).numpy()
 
 
