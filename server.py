@@ -18,6 +18,7 @@ from flask import Flask
 from zeroth.api.admin import AUTH_ENABLED, admin
 from zeroth.api.auth import install_auth
 from zeroth.api.errors import register_error_handlers
+from zeroth.api.fast import install_fast_path
 from zeroth.api.openapi import docs
 from zeroth.api.request_log import install_request_log
 from zeroth.api.routes import install
@@ -65,6 +66,8 @@ def create_app(
     install_auth(app, checker)
     app.register_blueprint(admin)
     app.register_blueprint(docs)
+    # Last: it snapshots the hooks above, and steps aside if others are added later.
+    install_fast_path(app)
     return app
 
 

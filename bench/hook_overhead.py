@@ -1,7 +1,9 @@
 """Per-request cost of the reliability hooks (request id, API-key check, JSON request log).
 
 Calls the WSGI app directly (no HTTP, no test client) on the tiny checkpoint, so the hooks are
-a visible share of the time; prints microseconds per request for each configuration.
+a visible share of the time; prints microseconds per request for each configuration. The Flask
+configurations run with ZEROTH_FAST_PATH=0; the last row is the lean path that serves
+POST /v1/embeddings by default (zeroth/api/fast.py), with every hook's work.
 
     python -m bench.hook_overhead [--requests 20000]
 """
@@ -91,19 +93,26 @@ def main(argv: list[str] | None = None) -> int:
     body = orjson.dumps({"model": "m", "input": "the cat sat on the mat"})
 
     configs = {}
-    bare = create_app(models_list, api_keys=[])
+    flask = {"ZEROTH_FAST_PATH": "0"}
+    bare = _with_env(models_list, flask, keys=[])
     _strip(bare, "_request_id", "_log")
     configs["no hooks (before issue 5)"] = (bare, False)
     configs["request id only (log off, no keys)"] = (
-        _with_env(models_list, {"ZEROTH_REQUEST_LOG": "0"}, keys=[]),
+        _with_env(models_list, flask | {"ZEROTH_REQUEST_LOG": "0"}, keys=[]),
         False,
     )
     configs["request id + key check"] = (
-        _with_env(models_list, {"ZEROTH_REQUEST_LOG": "0"}, keys=[KEY.encode()]),
+        _with_env(models_list, flask | {"ZEROTH_REQUEST_LOG": "0"}, keys=[KEY.encode()]),
         True,
     )
     configs["request id + key check + JSON log line"] = (
-        _with_env(models_list, {"ZEROTH_REQUEST_LOG": "1"}, keys=[KEY.encode()]),
+        _with_env(models_list, flask | {"ZEROTH_REQUEST_LOG": "1"}, keys=[KEY.encode()]),
+        True,
+    )
+    configs["lean path: id + key check + JSON log line"] = (
+        _with_env(
+            models_list, {"ZEROTH_FAST_PATH": "1", "ZEROTH_REQUEST_LOG": "1"}, [KEY.encode()]
+        ),
         True,
     )
     health = _time_all(configs, "GET", "/health", b"", args.requests)

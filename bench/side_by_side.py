@@ -3,7 +3,8 @@
 Starts both under gunicorn (2 workers each, own ports), checks they return the same vectors,
 then for each case drives them with the same requests in alternating rounds so machine noise
 hits both, and prints the ratios. The 256-sentence case is compared with the tokenizer alone on
-the same texts in as many processes as there are workers (bench/tokenizer_rate.py).
+the same texts in as many processes as there are workers (bench/tokenizer_rate.py), and also
+with the server's own route to the same ids alone (`--impl server`: zeroth/fast_bpe.py).
 
     python -m bench.side_by_side --rounds 3 --round-seconds 5
 """
@@ -174,6 +175,7 @@ def run_case(case: Case, texts, urls, model_dir: Path, args, pids: dict[str, int
         benchmark(urls[side], bodies, duration=args.warmup_seconds, **kw)
     rounds: dict[str, list[dict]] = {s: [] for s in sides}
     tok_rounds: list[dict] = []
+    server_tok_rounds: list[dict] = []
     for r in range(args.rounds):
         order = sides if r % 2 == 0 else sides[::-1]
         for side in order:
@@ -198,9 +200,20 @@ def run_case(case: Case, texts, urls, model_dir: Path, args, pids: dict[str, int
                 parse_cpus(args.server_cpus),
             )
             tok_rounds.append(tr)
+            st = tokenizer_rate(
+                model_dir,
+                texts,
+                case.batch_size,
+                args.workers,
+                args.round_seconds,
+                parse_cpus(args.server_cpus),
+                impl="server",
+            )
+            server_tok_rounds.append(st)
             print(
                 f"  [{case.key}] round {r + 1} tokenizer alone ({args.workers} processes) "
-                f"{tr['tokens_per_s']:9.0f} tok/s"
+                f"{tr['tokens_per_s']:9.0f} tok/s; the server's tokenize route alone "
+                f"{st['tokens_per_s']:9.0f} tok/s"
             )
 
     def total(side: str, metric: str) -> float:
@@ -242,6 +255,9 @@ def run_case(case: Case, texts, urls, model_dir: Path, args, pids: dict[str, int
         out["tokenizer_rounds"] = tok_rounds
         out["tokenizer"] = statistics.mean(t["tokens_per_s"] for t in tok_rounds)
         out["ratio"] = out["ours"] / out["tokenizer"]
+        out["server_tokenizer_rounds"] = server_tok_rounds
+        out["server_tokenizer"] = statistics.mean(t["tokens_per_s"] for t in server_tok_rounds)
+        out["ratio_vs_server_tokenizer"] = out["ours"] / out["server_tokenizer"]
     else:
         out["ratio"] = out["ratio_vs_seed"]
         per_round = [
@@ -265,6 +281,11 @@ def markdown(report: dict) -> str:
         if case["against"] == "tokenizer":
             base = f"{case['tokenizer']:.0f} {unit} (tokenizer alone)"
             ratio = f"{case['ratio']:.0%} (seed: {case['ratio_vs_seed']:.1f}×)"
+            if "server_tokenizer" in case:
+                ratio += (
+                    f"; {case['ratio_vs_server_tokenizer']:.0%} of our own tokenize route "
+                    f"alone ({case['server_tokenizer']:.0f} tok/s)"
+                )
             target = f"≥ {case['target']:.0%}"
         else:
             base = f"{case['seed']:.1f} {unit} (seed)"

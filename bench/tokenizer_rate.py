@@ -3,6 +3,9 @@
 This is the ceiling for a server whose per-request work is dominated by tokenising:
 
     python -m bench.tokenizer_rate --batch_size 256 --processes 2 --duration 10
+
+`--impl server` times the server's own route to the same ids instead (StaticEmbedder.tokenize:
+zeroth/fast_bpe.py where the tokenizer allows it, else `encode_batch_fast`).
 """
 
 from __future__ import annotations
@@ -26,21 +29,28 @@ def _worker(
     start,
     out,
     cpus: set[int] | None = None,
+    impl: str = "tokenizers",
 ) -> None:
     if cpus:
         os.sched_setaffinity(0, cpus)
     from tokenizers import Tokenizer
 
+    from zeroth.fast_bpe import FastByteLevelBPE  # no torch: quick to start
+
     tok = Tokenizer.from_file(tokenizer_path)
     tok.no_padding()
     tok.no_truncation()
+    fast = FastByteLevelBPE.build(tok, add_special) if impl == "server" else None
     start.wait()
     tokens = calls = 0
     t0 = time.perf_counter()
     deadline = t0 + duration
     while time.perf_counter() < deadline:
-        enc = tok.encode_batch_fast(texts[calls % len(texts)], add_special_tokens=add_special)
-        tokens += sum(map(len, enc))
+        batch = texts[calls % len(texts)]
+        if fast is not None:
+            tokens += sum(map(len, fast.encode(batch)))
+        else:
+            tokens += sum(map(len, tok.encode_batch_fast(batch, add_special_tokens=add_special)))
         calls += 1
     out.put((tokens, calls, time.perf_counter() - t0))
 
@@ -52,8 +62,10 @@ def tokenizer_rate(
     processes: int = 2,
     duration: float = 5.0,
     cpus: set[int] | None = None,
+    impl: str = "tokenizers",
 ) -> dict:
-    """Aggregate tokens/s over `processes` processes, each tokenising batches for `duration`."""
+    """Aggregate tokens/s over `processes` processes, each tokenising batches for `duration`.
+    impl: "tokenizers" (encode_batch_fast) or "server" (the server's tokenize route)."""
     manifest = json.loads((Path(model_dir) / "manifest.json").read_text())
     tok_path = str(Path(model_dir) / manifest["tokenizer"]["file"])
     add_special = bool(manifest["tokenizer"].get("add_special_tokens", True))
@@ -64,7 +76,8 @@ def tokenizer_rate(
     start, out = ctx.Event(), ctx.Queue()
     procs = [
         ctx.Process(
-            target=_worker, args=(tok_path, groups, add_special, duration, start, out, cpus)
+            target=_worker,
+            args=(tok_path, groups, add_special, duration, start, out, cpus, impl),
         )
         for _ in range(processes)
     ]
@@ -79,6 +92,7 @@ def tokenizer_rate(
     calls = sum(r[1] for r in results)
     wall = max(r[2] for r in results)
     return {
+        "impl": impl,
         "processes": processes,
         "batch_size": batch_size,
         "tokens_per_s": tokens / wall,
@@ -97,10 +111,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch_size", type=int, default=256)
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument(
+        "--impl",
+        choices=["tokenizers", "server"],
+        default="tokenizers",
+        help="tokenizers: encode_batch_fast; server: the server's route to the same ids",
+    )
     args = p.parse_args(argv)
     texts = load_dataset(args.dataset, args.eval_dir, args.synthetic_length)
     result = tokenizer_rate(
-        Path(args.model_dir), texts, args.batch_size, args.processes, args.duration
+        Path(args.model_dir),
+        texts,
+        args.batch_size,
+        args.processes,
+        args.duration,
+        impl=args.impl,
     )
     print(json.dumps(result, indent=2))
     return 0

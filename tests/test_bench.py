@@ -18,6 +18,7 @@ from bench.client import (
     build_parser,
     check_response,
     main,
+    run_closed_loop,
     run_load,
     summarise,
 )
@@ -160,24 +161,19 @@ def live_url(app) -> Iterator[str]:
 TEXTS = ["the cat sat on the mat", "hello world", "a quick brown dog ran", "lazy"]
 
 
-@pytest.mark.parametrize("transport", ["raw", "aiohttp"])
+@pytest.mark.parametrize("transport", ["epoll", "raw", "aiohttp"])
 @pytest.mark.parametrize("fmt", ["float", "base64"])
 def test_short_run_against_a_live_server(live_url: str, transport: str, fmt: str) -> None:
     import asyncio
 
     bodies = build_bodies(TEXTS, "tiny", 2, fmt, None)
-    samples, wall = asyncio.run(
-        run_load(
-            live_url + "/embeddings",
-            bodies,
-            encoding_format=fmt,
-            concurrency=3,
-            duration=None,
-            num_requests=12,
-            validate="full",
-            transport=transport,
+    kw = dict(encoding_format=fmt, concurrency=3, duration=None, num_requests=12, validate="full")
+    if transport == "epoll":
+        samples, wall = run_closed_loop(live_url + "/embeddings", bodies, **kw)
+    else:
+        samples, wall = asyncio.run(
+            run_load(live_url + "/embeddings", bodies, transport=transport, **kw)
         )
-    )
     s = summarise(samples, wall, 0.0)
     assert s.requests == 12 and s.failures == 0, s.errors
     # Tokens come from each reply's usage: BOS + words, for the two alternating batches.
@@ -202,6 +198,29 @@ def test_failures_are_counted(live_url: str) -> None:
     s = summarise(samples, wall, 0.0)
     assert (s.requests, s.failures, s.success_rate) == (4, 4, 0.0)
     assert s.errors == {"HTTP 404": 4}
+    samples, wall = run_closed_loop(
+        live_url + "/embeddings", bodies, concurrency=2, duration=None, num_requests=4
+    )
+    assert summarise(samples, wall, 0.0).errors == {"HTTP 404": 4}
+
+
+def test_closed_loop_counts_refused_connections() -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bodies = build_bodies(TEXTS, "tiny", 2, "float", None)
+    samples, wall = run_closed_loop(
+        f"http://127.0.0.1:{port}/v1/embeddings",
+        bodies,
+        concurrency=2,
+        duration=None,
+        num_requests=5,
+    )
+    s = summarise(samples, wall, 0.0)
+    assert (s.requests, s.failures) == (5, 5)
+    assert all(e.startswith("ConnectionRefusedError") for e in s.errors)
 
 
 def test_cli_json(live_url: str, tmp_path: Path, capsys) -> None:

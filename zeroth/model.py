@@ -12,6 +12,7 @@ import torch
 from tokenizers import Tokenizer
 
 from zeroth.checkpoint import CENTER, COMPONENTS, TOKEN_WEIGHTS, Checkpoint
+from zeroth.fast_bpe import FastByteLevelBPE
 from zeroth.fold import FoldedTable, fold, rms_normalise
 from zeroth.manifest import Manifest
 from zeroth.pooling import OpenVINOPooler, Pooler, TorchPooler, l2_normalise
@@ -45,6 +46,8 @@ class StaticEmbedder:
         self.dim = manifest.hidden_size
         self.vocab_size = manifest.vocab_size
         self.add_special_tokens = manifest.tokenizer.add_special_tokens
+        # Same ids as the tokenizer, several times faster on ASCII text (zeroth/fast_bpe.py).
+        self.fast_tokenizer = FastByteLevelBPE.build(tokenizer, self.add_special_tokens)
 
     @classmethod
     def from_pretrained(
@@ -70,6 +73,12 @@ class StaticEmbedder:
         return cls(manifest, tokenizer, pooler, path)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        if self.fast_tokenizer is not None:
+            return self.fast_tokenizer.encode(texts)
+        return self.tokenize_plain(texts)
+
+    def tokenize_plain(self, texts: Sequence[str]) -> list[list[int]]:
+        """The tokenizer's own pipeline (the reference for the fast route)."""
         encodings = self.tokenizer.encode_batch_fast(
             list(texts), add_special_tokens=self.add_special_tokens
         )
@@ -81,6 +90,15 @@ class StaticEmbedder:
         offsets = np.zeros(len(ids), dtype=np.int64)
         np.cumsum(lengths[:-1], out=offsets[1:])
         flat = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+        if normalize:
+            return l2_normalise(self.pooler.pool(flat, offsets, direction_only=True))
+        return self.pooler.pool(flat, offsets)
+
+    def embed_flat(
+        self, flat: np.ndarray, offsets: np.ndarray, normalize: bool = True
+    ) -> np.ndarray:
+        """`embed_ids` for ids already laid end to end (int64), each input starting at its
+        offset; for bulk callers whose token ids come as arrays (python -m index)."""
         if normalize:
             return l2_normalise(self.pooler.pool(flat, offsets, direction_only=True))
         return self.pooler.pool(flat, offsets)

@@ -13,24 +13,33 @@ OPEN_PATHS = frozenset({"/health", "/ready"})
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="zeroth"'}
 
 
+# app.extensions key of the KeyChecker when keys are configured (read by zeroth/api/fast.py).
+AUTH = "zeroth.auth"
+
+
+def challenge(checker: KeyChecker, header: str | None) -> None:
+    """Raise the 401 unless the Authorization header holds one of the keys."""
+    token = bearer_token(header)
+    if checker.allows(token):
+        return
+    if token is None:
+        message = (
+            "You didn't provide an API key. You need to provide your API key in an "
+            "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+        )
+    else:
+        # OpenAI shows a masked key here; echoing any part of a secret is not worth it.
+        message = "Incorrect API key provided."
+    raise ApiError(401, message, code="invalid_api_key", headers=_CHALLENGE)
+
+
 def install_auth(app: Flask, checker: KeyChecker) -> None:
     if not checker.enabled:
         return
+    app.extensions[AUTH] = checker
 
     @app.before_request
     def _require_key() -> None:
         if request.path in OPEN_PATHS:
             return
-        header = request.headers.get("Authorization")
-        token = bearer_token(header)
-        if checker.allows(token):
-            return
-        if token is None:
-            message = (
-                "You didn't provide an API key. You need to provide your API key in an "
-                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
-            )
-        else:
-            # OpenAI shows a masked key here; echoing any part of a secret is not worth it.
-            message = "Incorrect API key provided."
-        raise ApiError(401, message, code="invalid_api_key", headers=_CHALLENGE)
+        challenge(checker, request.headers.get("Authorization"))

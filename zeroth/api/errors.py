@@ -40,13 +40,23 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return ApiError(400, message, param=param, code=code)
 
 
+def error_body(err: ApiError) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+    )
+
+
 def error_response(err: ApiError) -> Response:
-    body = {
-        "error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}
-    }
-    resp = Response(orjson.dumps(body), status=err.status, mimetype="application/json")
+    resp = Response(error_body(err), status=err.status, mimetype="application/json")
     resp.headers.update(err.headers)
     return resp
+
+
+def unexpected_error() -> ApiError:
+    """What any unexpected exception becomes (logged with its traceback, never shown)."""
+    return ApiError(
+        500, "The server had an error while processing your request.", type=SERVER_ERROR
+    )
 
 
 # werkzeug's exceptions, re-worded and given OpenAI codes.
@@ -58,15 +68,19 @@ _HTTP_CODES = {
 }
 
 
-def _from_http(exc: HTTPException) -> ApiError:
+def api_error_from_http(
+    exc: HTTPException, method: str, path: str, max_content_length: int | None
+) -> ApiError:
     status = exc.code or 500
     if status == 404:
-        message = f"Invalid URL ({request.method} {request.path})"
+        message = f"Invalid URL ({method} {path})"
     elif status == 405:
-        message = f"Method {request.method} is not allowed for {request.path}"
+        message = f"Method {method} is not allowed for {path}"
     elif status == 413:
-        limit = request.max_content_length
-        message = f"Request body is larger than the limit of {limit} bytes (ZEROTH_MAX_BODY_BYTES)"
+        message = (
+            f"Request body is larger than the limit of {max_content_length} bytes "
+            "(ZEROTH_MAX_BODY_BYTES)"
+        )
     else:
         message = exc.description or exc.name
     headers = {}
@@ -75,6 +89,10 @@ def _from_http(exc: HTTPException) -> ApiError:
         headers = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}
     kind = SERVER_ERROR if status >= 500 else INVALID_REQUEST
     return ApiError(status, message, type=kind, code=_HTTP_CODES.get(status), headers=headers)
+
+
+def _from_http(exc: HTTPException) -> ApiError:
+    return api_error_from_http(exc, request.method, request.path, request.max_content_length)
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -89,8 +107,4 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(
-            ApiError(
-                500, "The server had an error while processing your request.", type=SERVER_ERROR
-            )
-        )
+        return error_response(unexpected_error())

@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import time
+from dataclasses import dataclass
 
 import orjson
 from flask import Flask, Response, g, request
@@ -18,6 +19,7 @@ from flask import Flask, Response, g, request
 from zeroth.api.schemas import EmbeddingRequest
 
 REQUEST_ID = "X-Request-ID"
+REQUEST_LOG = "zeroth.request_log"
 log = logging.getLogger("zeroth.requests")
 
 # A client's id is echoed into our logs and headers: keep it short and printable.
@@ -29,14 +31,53 @@ def _new_id() -> str:
     return os.urandom(16).hex()
 
 
-def note_request(req: EmbeddingRequest, model: str) -> None:
-    """Called by the embeddings endpoint once it knows what the request asks for."""
-    g.zeroth_req = req
-    g.zeroth_model = model
+@dataclass(slots=True)
+class Notes:
+    """What the endpoint learnt about an embeddings request, for its log line."""
+
+    req: EmbeddingRequest | None = None
+    model: str | None = None
+    tokens: int | None = None
 
 
-def note_tokens(count: int) -> None:
-    g.zeroth_tokens = count
+def request_id_from(given: str | None) -> str:
+    """The client's X-Request-ID when short and printable, else a new one."""
+    return given if given and _VALID_ID.fullmatch(given) else _new_id()
+
+
+def write_line(
+    request_id: str,
+    method: str | None,
+    path: str,
+    status: int,
+    start: float | None,
+    notes: Notes | None,
+    log_inputs: bool,
+) -> None:
+    """The request's JSON line on the `zeroth.requests` logger."""
+    req = notes.req if notes is not None else None
+    record = {
+        "ts": round(time.time(), 3),
+        "request_id": request_id,
+        "method": method,
+        "path": path,
+        "status": status,
+        "latency_ms": round((time.perf_counter() - start) * 1000, 3) if start else None,
+        "model": notes.model if notes is not None else None,
+        "inputs": req.n_inputs if req is not None else None,
+        "tokens": notes.tokens if notes is not None else None,
+    }
+    if log_inputs and req is not None:
+        record["input"] = req.texts if req.texts is not None else req.ids
+    line = orjson.dumps(record).decode()
+    # makeRecord + handle: log.info would also walk the stack for a caller we never show.
+    log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, None, None))
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLogSettings:
+    enabled: bool
+    log_inputs: bool
 
 
 def _flag(name: str, default: str) -> bool:
@@ -59,10 +100,12 @@ def install_request_log(
         log.setLevel(logging.INFO)
         log.propagate = False
 
+    # Read by the lean embeddings path (zeroth/api/fast.py), which writes the same lines.
+    app.extensions[REQUEST_LOG] = RequestLogSettings(enabled, log_inputs)
+
     @app.before_request
     def _request_id() -> None:
-        given = request.headers.get(REQUEST_ID)
-        g.request_id = given if given and _VALID_ID.fullmatch(given) else _new_id()
+        g.request_id = request_id_from(request.headers.get(REQUEST_ID))
 
     @app.after_request
     def _log(response: Response) -> Response:
@@ -73,23 +116,13 @@ def install_request_log(
             request_id = ctx.request_id = _new_id()
         response.headers[REQUEST_ID] = request_id
         if enabled and log.isEnabledFor(logging.INFO):
-            environ = request.environ
-            start = ctx.get("zeroth_start")
-            req: EmbeddingRequest | None = ctx.get("zeroth_req")
-            record = {
-                "ts": round(time.time(), 3),
-                "request_id": request_id,
-                "method": environ.get("REQUEST_METHOD"),
-                "path": request.path,
-                "status": response.status_code,
-                "latency_ms": round((time.perf_counter() - start) * 1000, 3) if start else None,
-                "model": ctx.get("zeroth_model"),
-                "inputs": req.n_inputs if req is not None else None,
-                "tokens": ctx.get("zeroth_tokens"),
-            }
-            if log_inputs and req is not None:
-                record["input"] = req.texts if req.texts is not None else req.ids
-            line = orjson.dumps(record).decode()
-            # makeRecord + handle: log.info would also walk the stack for a caller we never show.
-            log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, None, None))
+            write_line(
+                request_id,
+                request.environ.get("REQUEST_METHOD"),
+                request.path,
+                response.status_code,
+                ctx.get("zeroth_start"),
+                ctx.get("zeroth_notes"),
+                log_inputs,
+            )
         return response

@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 
 import orjson
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Request, Response, current_app, g, request
 
 from zeroth.api.encode import embeddings_body
 from zeroth.api.errors import SERVER_ERROR, ApiError, bad_request
 from zeroth.api.limits import check_total_tokens
 from zeroth.api.metrics import Metrics
 from zeroth.api.pool import output_dimensions, pool
-from zeroth.api.request_log import note_request, note_tokens
+from zeroth.api.request_log import Notes
 from zeroth.api.schemas import parse_embedding_request, read_json
 from zeroth.api.tokenize import tokenize
 from zeroth.registry import ModelRegistry, NoModelGiven, ServedModel, UnknownModel
@@ -59,21 +59,29 @@ def _model(registry: ModelRegistry, name: str | None) -> ServedModel:
         ) from None
 
 
-@api.post("/v1/embeddings")
-def embeddings() -> Response:
-    # One registry for the whole request, even if a reload swaps it meanwhile.
-    registry = get_registry()
+def embed(registry: ModelRegistry, request: Request, notes: Notes, metrics: Metrics) -> bytes:
+    """The whole embeddings request, Flask or not (zeroth/api/fast.py): the response body, or
+    an ApiError / werkzeug HTTPException. `notes` collects what the log line reports."""
     req = parse_embedding_request(read_json(request), registry.limits.max_inputs)
     _ready_registry(registry)
     model = _model(registry, req.model)
-    note_request(req, model.alias)
+    notes.req = req
+    notes.model = model.alias
     dims = output_dimensions(req.dimensions, model)
     tokens = tokenize(req, model)
-    note_tokens(tokens.count)
+    notes.tokens = tokens.count
     check_total_tokens(tokens.count, registry.limits)
     vectors = pool(tokens.ids, model, dims)
     body = embeddings_body(vectors, req.encoding_format, model.alias, tokens.count)
-    current_app.extensions[METRICS].observe_embeddings(model.alias, len(tokens.ids), tokens.count)
+    metrics.observe_embeddings(model.alias, len(tokens.ids), tokens.count)
+    return body
+
+
+@api.post("/v1/embeddings")
+def embeddings() -> Response:
+    # One registry for the whole request, even if a reload swaps it meanwhile.
+    notes = g.zeroth_notes = Notes()
+    body = embed(get_registry(), request, notes, current_app.extensions[METRICS])
     return Response(body, mimetype="application/json")
 
 
