@@ -7,6 +7,7 @@ import math
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -225,3 +226,16 @@ def seed_command(port: int, workers: int) -> list[str]:
         "120",
         "bench.seed_server:app",
     ]
+
+
+def free_port(ports: range) -> int:
+    """The first port in `ports` nothing listens on (each caller keeps its own range, so
+    parallel test sessions and benchmarks do not race for the same one)."""
+    for port in ports:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {ports}")

@@ -24,7 +24,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import orjson
 import psutil
 import yaml
 
+from bench.common import free_port as common_free_port
 from bench.common import synthetic_texts
 from zeroth.config import load_models_list
 
@@ -57,14 +57,7 @@ RETRYABLE = (
 
 
 def free_port() -> int:
-    for port in PORTS:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {PORTS}")
+    return common_free_port(PORTS)
 
 
 @dataclass
