@@ -384,14 +384,16 @@ def test_scifact_vectors_equal_the_servers(tmp_path, scifact_docs):
 
 @needs_model
 @needs_scifact
-def test_smollm2_twin_tokenizes_scifact_like_tokenizers(scifact_docs):
+def test_smollm2_twin_tokenizes_all_of_scifact_like_tokenizers():
     model = StaticEmbedder.from_pretrained(MODEL_DIR)
     tokenize = Tokenize(model)
-    texts = [join_fields([d["title"], d["text"]]) for d in scifact_docs] + EDGE_TEXTS
+    with gzip.open(SCIFACT, "rt", encoding="utf-8") as f:
+        docs = [json.loads(line) for line in f]
+    texts = [join_fields([d["title"], d["text"]]) for d in docs] + EDGE_TEXTS
     assert tokenize.twin is not None
     # Against tokenizers' own pipeline, whatever route StaticEmbedder.tokenize takes.
     plain = model.tokenizer.encode_batch_fast(texts, add_special_tokens=model.add_special_tokens)
-    assert as_lists(tokenize(texts)) == [e.ids for e in plain] == model.tokenize(texts)
+    assert as_lists(tokenize(texts)) == [e.ids for e in plain]
     assert tokenize.twin is not None  # the first-batch check agreed
 
 
