@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from index.shards import vector_column
-from index.tokens import Tokenize, flatten
+from index.tokens import Tokenize
 from zeroth.config import DEFAULT_MAX_TOKENS
 
 
@@ -79,6 +79,7 @@ class EmbedBatch:
         if not rows:
             vectors = np.zeros((0, self.model.dim), dtype=np.float32)
         else:
-            # StaticEmbedder.embed_ids, minus building one Python int per token.
-            vectors = self.model.embed_flat(*flatten(rows), normalize=self.options.normalize)
+            # Rows may be int arrays (the tiktoken twin): flatten concatenates them without
+            # building one Python int per token.
+            vectors = self.model.embed_ids(rows, normalize=self.options.normalize)
         return pa.table({"id": ids, "vector": vector_column(vectors)})

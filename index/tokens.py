@@ -20,11 +20,9 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import tiktoken
 
 if TYPE_CHECKING:
@@ -267,15 +265,3 @@ class Tokenize:
             else:
                 out.append(encode(text, allowed_special=_NONE, disallowed_special=()))
         return out
-
-
-def flatten(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Id sequences -> (every id end to end as int64, where each sequence starts)."""
-    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    offsets = np.zeros(len(rows), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=offsets[1:])
-    if rows and all(isinstance(row, np.ndarray) for row in rows):
-        flat = np.concatenate(rows).astype(np.int64, copy=False)
-    else:
-        flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
-    return flat, offsets

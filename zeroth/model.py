@@ -86,25 +86,26 @@ class StaticEmbedder:
 
     def embed_ids(self, ids: Sequence[Sequence[int]], normalize: bool = True) -> np.ndarray:
         """One vector per non-empty id list; ids must lie in [0, vocab_size)."""
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        offsets = np.zeros(len(ids), dtype=np.int64)
-        np.cumsum(lengths[:-1], out=offsets[1:])
-        flat = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
-        if normalize:
-            return l2_normalise(self.pooler.pool(flat, offsets, direction_only=True))
-        return self.pooler.pool(flat, offsets)
-
-    def embed_flat(
-        self, flat: np.ndarray, offsets: np.ndarray, normalize: bool = True
-    ) -> np.ndarray:
-        """`embed_ids` for ids already laid end to end (int64), each input starting at its
-        offset; for bulk callers whose token ids come as arrays (python -m index)."""
+        flat, offsets = flatten(ids)
         if normalize:
             return l2_normalise(self.pooler.pool(flat, offsets, direction_only=True))
         return self.pooler.pool(flat, offsets)
 
     def encode(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
         return self.embed_ids(self.tokenize(texts), normalize)
+
+
+def flatten(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Id sequences (lists, or int arrays) -> (every id end to end as int64, where each
+    sequence starts): the ragged layout embedding_bag takes, with no padding."""
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    offsets = np.zeros(len(rows), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=offsets[1:])
+    if rows and isinstance(rows[0], np.ndarray):
+        flat = np.concatenate(rows).astype(np.int64, copy=False)
+    else:
+        flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+    return flat, offsets
 
 
 def reference_embed(ckpt: Checkpoint, ids: Sequence[Sequence[int]]) -> np.ndarray:
