@@ -49,12 +49,13 @@ logging.basicConfig(
 
 bind = os.environ.get("ZEROTH_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("ZEROTH_WORKERS", "2"))
-# gthread keeps client connections alive between requests; a sync worker closes each one.
-worker_class = "gthread"
 # One handler thread: the work is CPU-bound Python, so a second thread in the same process
 # only adds GIL hand-offs (measured: ~15% more CPU per request). Idle keep-alive connections
 # wait in the worker's poller, not in a thread, so they do not need more.
 threads = int(os.environ.get("ZEROTH_THREADS", "1"))
+# Both keep client connections alive between requests (a sync worker closes each one). With one
+# thread, zeroth/gunicorn_worker.py answers in the poller's loop and saves gthread's hand-off.
+worker_class = "zeroth.gunicorn_worker.InlineWorker" if threads == 1 else "gthread"
 # Load the models once in the master so the workers share the table's pages copy-on-write.
 preload_app = True
 timeout = int(os.environ.get("ZEROTH_TIMEOUT", "60"))

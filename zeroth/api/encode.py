@@ -1,16 +1,16 @@
 """Step 4, encode: vectors become OpenAI's response body, without Python float lists.
 
 orjson writes numpy rows directly; base64 is the little-endian float32 bytes of each row, which
-the `openai` client requests by default and decodes with numpy. Both give the bytes that
-`orjson.dumps` of the plain document would (tests/test_fastpath.py checks it).
+the `openai` client requests by default and decodes with numpy (pybase64: SIMD, the stdlib's
+bytes ~40x faster). Both give the bytes that `orjson.dumps` of the plain document would
+(tests/test_fastpath.py checks it).
 """
 
 from __future__ import annotations
 
-from base64 import b64encode
-
 import numpy as np
 import orjson
+from pybase64 import b64encode
 
 _FIRST = b'{"object":"list","data":[{"object":"embedding","index":0,"embedding":"'
 _NEXT = b'"},{"object":"embedding","index":%d,"embedding":"'
@@ -36,10 +36,10 @@ def base64_rows(vectors: np.ndarray) -> list[bytes | memoryview]:
     n, dims = vectors.shape
     row_bytes = 4 * dims
     if row_bytes % 3:
-        return [b64encode(row.tobytes()) for row in vectors]
+        return [b64encode(row) for row in vectors]
     # Rows of a multiple of 3 bytes end on a base64 quantum, without padding: one encoding of
     # the whole matrix, cut every 4/3 row_bytes characters, is each row's own encoding.
-    text = memoryview(b64encode(vectors.tobytes()))
+    text = memoryview(b64encode(vectors))
     step = row_bytes // 3 * 4
     return [text[i : i + step] for i in range(0, n * step, step)]
 

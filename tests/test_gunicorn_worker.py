@@ -1,0 +1,247 @@
+"""zeroth/gunicorn_worker.py under a real gunicorn: keep-alive, pipelining, stalled clients and
+how connections spread over the workers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import psutil
+import pytest
+
+from bench.common import free_port
+from tests.conftest import write_models_list
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+PORTS = range(18700, 18800)
+IO_TIMEOUT = 1.5
+
+
+def _request(text: str) -> bytes:
+    body = orjson.dumps({"model": "tiny", "input": text})
+    return (
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+
+def _read_response(sock: socket.socket, buf: bytearray) -> tuple[int, bytes]:
+    """One HTTP/1.1 response with a Content-Length; extra bytes stay in `buf`."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before a response")
+        buf += chunk
+    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    length = next(
+        int(v)
+        for k, _, v in (x.partition(b":") for x in lines[1:])
+        if k.lower() == b"content-length"
+    )
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed mid-body")
+        rest += chunk
+    buf[:] = rest[length:]
+    return status, rest[:length]
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen, port: int, log: Path) -> None:
+        self.proc, self.port, self.log = proc, port, log
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+
+    def workers(self) -> list[psutil.Process]:
+        return psutil.Process(self.proc.pid).children()
+
+    def worker_of(self, sock: socket.socket) -> int:
+        """The pid of the worker holding the other end of `sock`."""
+        local = sock.getsockname()[1]
+        for worker in self.workers():
+            for c in worker.net_connections(kind="tcp"):
+                if c.raddr and c.raddr.port == local and c.laddr.port == self.port:
+                    return worker.pid
+        raise LookupError("no worker holds this connection")
+
+
+def _start(tmp_path: Path, tiny_ckpt: Path, workers: int) -> Server:
+    models = write_models_list(
+        tmp_path / "models_list.yaml", {"models": {"tiny": {"path": str(tiny_ckpt)}}}
+    )
+    port = free_port(PORTS)
+    log = tmp_path / "gunicorn.log"
+    env = {
+        **os.environ,
+        "ZEROTH_BIND": f"127.0.0.1:{port}",
+        "ZEROTH_WORKERS": str(workers),
+        "ZEROTH_IO_TIMEOUT": str(IO_TIMEOUT),
+        "ZEROTH_REQUEST_LOG": "0",
+        "MODELS_LIST": str(models),
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "server:app"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    server = Server(proc, port, log)
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"gunicorn exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with server.connect() as s:
+                s.sendall(b"GET /ready HTTP/1.1\r\nHost: t\r\n\r\n")
+                if _read_response(s, bytearray())[0] == 200 and len(server.workers()) == workers:
+                    return server
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"server not ready within 60 s:\n{log.read_text()}")
+        time.sleep(0.1)
+
+
+def _stop(server: Server) -> None:
+    server.proc.terminate()
+    try:
+        server.proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait()
+
+
+@pytest.fixture
+def one_worker(tmp_path: Path, tiny_ckpt: Path) -> Iterator[Server]:
+    server = _start(tmp_path, tiny_ckpt, 1)
+    yield server
+    _stop(server)
+
+
+@pytest.fixture
+def two_workers(tmp_path: Path, tiny_ckpt: Path) -> Iterator[Server]:
+    server = _start(tmp_path, tiny_ckpt, 2)
+    yield server
+    _stop(server)
+
+
+def test_the_inline_worker_is_the_default(one_worker: Server) -> None:
+    assert "Using worker: zeroth.gunicorn_worker.InlineWorker" in one_worker.log.read_text()
+
+
+def test_keep_alive_and_pipelined_requests(one_worker: Server) -> None:
+    texts = [f"the {w} cat" for w in ("quick", "lazy", "red", "old")] * 150
+    with one_worker.connect() as sock:
+        # Far more requests in one write than the worker could serve by recursing per request.
+        sock.sendall(b"".join(_request(t) for t in texts))
+        buf = bytearray()
+        answers = [_read_response(sock, buf) for _ in texts]
+        # The connection is still open for more.
+        sock.sendall(_request("hello world"))
+        last = _read_response(sock, buf)
+    assert [status for status, _ in answers] == [200] * len(texts)
+    vectors = [orjson.loads(body)["data"][0]["embedding"] for _, body in answers]
+    # Same text, same vector; different texts, different vectors: answers stayed in order.
+    assert vectors[0] == vectors[4] == vectors[-4]
+    assert vectors[0] != vectors[1]
+    assert last[0] == 200
+
+
+def test_a_stalled_client_is_dropped_and_the_worker_serves_on(one_worker: Server) -> None:
+    with one_worker.connect() as stalled:
+        stalled.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{")
+        time.sleep(0.2)  # the worker is now reading the rest of that body
+        start = time.monotonic()
+        with one_worker.connect() as sock:
+            sock.sendall(_request("the cat sat"))
+            status, _ = _read_response(sock, bytearray())
+        waited = time.monotonic() - start
+        stalled.settimeout(5)
+        # werkzeug reports the body it could not finish as a 400; then the server hangs up.
+        buf = bytearray()
+        assert _read_response(stalled, buf)[0] == 400
+        assert not buf and stalled.recv(65536) == b""
+    assert status == 200
+    assert IO_TIMEOUT * 0.5 < waited < IO_TIMEOUT + 3
+
+
+def test_connections_spread_over_the_workers(two_workers: Server) -> None:
+    socks = []
+    try:
+        for _ in range(4):
+            sock = two_workers.connect()
+            sock.sendall(_request("the dog ran"))
+            assert _read_response(sock, bytearray())[0] == 200
+            socks.append(sock)
+        held = [two_workers.worker_of(s) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+    assert sorted(held.count(pid) for pid in set(held)) == [2, 2]
+
+
+@pytest.fixture
+def bare_worker() -> Iterator[tuple]:
+    """An InlineWorker with a poller and one listener, not forked and not running."""
+    import logging
+    import selectors
+
+    from gunicorn.config import Config
+
+    from zeroth.gunicorn_worker import InlineWorker
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    worker = InlineWorker(0, os.getpid(), [listener], None, 30, Config(), logging.getLogger())
+    worker.poller = selectors.DefaultSelector()
+    worker.set_accept_enabled(True)
+    try:
+        yield worker, listener
+    finally:
+        worker.poller.close()
+        worker.tmp.close()
+        listener.close()
+
+
+def test_a_worker_holding_connections_lets_others_accept_first(bare_worker) -> None:
+    from zeroth.gunicorn_worker import ACCEPT_DELAY_PER_CONN
+
+    worker, listener = bare_worker
+    port = listener.getsockname()[1]
+    with (
+        socket.create_connection(("127.0.0.1", port)),
+        socket.create_connection(("127.0.0.1", port)),
+    ):
+        worker.accept(listener)  # holding nothing: accepts at once
+        assert worker.nr_conns == 1 and len(worker.pending_conns) == 1
+
+        start = time.monotonic()
+        worker.accept(listener)  # holding one: steps back
+        assert worker.nr_conns == 1 and not worker._accepting
+        worker.set_accept_enabled(True)  # what the run loop does on its next turn: too early
+        assert not worker._accepting
+
+        while time.monotonic() < start + ACCEPT_DELAY_PER_CONN:
+            time.sleep(ACCEPT_DELAY_PER_CONN / 10)
+        worker.set_accept_enabled(True)
+        assert worker._accepting
+        worker.accept(listener)  # its turn has come: accepts even though it holds one
+        assert worker.nr_conns == 2
+
+        # The next arrival is deferred again, longer: two held.
+        worker.wait_for_and_dispatch_events(0)
+        worker.accept(listener)
+        assert worker.nr_conns == 2 and not worker._accepting
+        assert worker._accept_at - time.monotonic() > ACCEPT_DELAY_PER_CONN
+    for conn in worker.pending_conns:
+        conn.close()
