@@ -10,8 +10,13 @@ are gthread's. What differs:
 
 - a new connection is read once it is readable (gthread's thread waits up to 5 s for its first
   bytes, which here would stall the loop);
-- socket reads and writes time out after IO_TIMEOUT, so a client that stalls mid-request is
-  dropped instead of holding the worker (gthread with one thread would wait for it forever);
+- socket reads and writes time out after IO_TIMEOUT (SO_RCVTIMEO/SO_SNDTIMEO), so a client that
+  stalls mid-request is dropped instead of holding the worker (gthread with one thread would
+  wait for it forever);
+- the common request (zeroth/lean_http.py: GET or POST, plain path, Content-Length, whole in
+  the first read) is parsed and answered without gunicorn's Python parser and response objects,
+  in one write; every other request, and every request after one that was not, goes through
+  gunicorn's parser exactly as under gthread. ZEROTH_LEAN_HTTP=0 turns it off.
 - a worker that already holds connections waits a little before accepting another one, longer
   the more it holds, so that an idle worker takes it first. Kept-alive connections stay with the
   worker that accepted them, and a burst of them (a client opening its pool) would otherwise
@@ -27,12 +32,16 @@ import errno
 import os
 import selectors
 import socket
+import struct
 import time
 from collections import deque
 from concurrent.futures import Future
 from functools import partial
 
+from gunicorn.http.wsgi import base_environ
 from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from zeroth.lean_http import HttpDate, LeanRequest, Limits, Responder, parse_head, wsgi_environ
 
 # A request's bytes must keep coming (and the response's be taken) at least this often.
 IO_TIMEOUT = float(os.environ.get("ZEROTH_IO_TIMEOUT", "10"))
@@ -42,13 +51,35 @@ IO_TIMEOUT = float(os.environ.get("ZEROTH_IO_TIMEOUT", "10"))
 ACCEPT_DELAY_PER_CONN = 0.002
 ACCEPT_DELAY_MAX = 0.01
 HEARTBEAT = 1.0
+# The lean route reads this much at once, and takes bodies up to LEAN_MAX_BODY.
+LEAN_READ = 256 * 1024
+LEAN_MAX_BODY = 4 * 1024 * 1024
+# What the lean route returns when the request is gunicorn's to answer.
+_GUNICORN = object()
 
 
-class _Conn(TConn):
-    def init(self) -> None:
-        # `handle` makes the socket blocking, then calls init: bound the blocking here.
-        super().init()
-        self.sock.settimeout(IO_TIMEOUT)
+def _io_timeouts(sock: socket.socket) -> None:
+    # Kernel timeouts, not Python's settimeout: with those, every recv and send would first
+    # poll(). A timed-out call fails with EAGAIN, which ends the connection.
+    seconds = int(IO_TIMEOUT)
+    timeval = struct.pack("ll", seconds, int((IO_TIMEOUT - seconds) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+def _lean_allowed(cfg) -> bool:
+    """The lean route answers as gunicorn would only where gunicorn adds nothing of its own."""
+    switch = os.environ.get("ZEROTH_LEAN_HTTP", "1").strip().lower()
+    return (
+        switch not in ("0", "false", "no", "off")
+        and not cfg.is_ssl
+        and list(cfg.http_protocols) == ["h1"]
+        and cfg.proxy_protocol in ("off", False, None)
+        and not cfg.accesslog
+        and cfg.settings["pre_request"].value is cfg.settings["pre_request"].default
+        and cfg.settings["post_request"].value is cfg.settings["post_request"].default
+        and not os.environ.get("SCRIPT_NAME")
+    )
 
 
 class InlineWorker(ThreadWorker):
@@ -59,6 +90,33 @@ class InlineWorker(ThreadWorker):
         self._notified = 0.0
         self._serving = False
         self._pipelined: deque[TConn] = deque()
+        cfg = self.cfg
+        self._lean = _lean_allowed(cfg)
+        self._limits = Limits(
+            request_line=cfg.limit_request_line or 8190,
+            fields=cfg.limit_request_fields or 32768,
+            field_size=cfg.limit_request_field_size or 8190,
+            body=LEAN_MAX_BODY,
+            gunicorn_headers=frozenset(
+                h.lower().encode()
+                for h in (*cfg.secure_scheme_headers, *cfg.forwarder_headers, "forwarded")
+            ),
+        )
+        self._base_environ = base_environ(cfg)
+        self._date = HttpDate()
+        self.lean_served = 0  # requests the lean route answered (logged when the worker stops)
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            self.log.info(
+                "worker %s: %d requests, %d on the lean route (%s)",
+                self.pid,
+                self.nr,
+                self.lean_served,
+                "on" if self._lean else "off",
+            )
 
     def notify(self) -> None:
         now = time.monotonic()
@@ -96,7 +154,8 @@ class InlineWorker(ThreadWorker):
                 raise
             return
         self.nr_conns += 1
-        conn = _Conn(self.cfg, client_sock, client_addr, listener.getsockname())
+        _io_timeouts(client_sock)
+        conn = TConn(self.cfg, client_sock, client_addr, listener.getsockname())
         # Read it when its first bytes are there, as gthread does with a connection it deferred.
         conn.timeout = time.monotonic() + self.cfg.keepalive
         self.pending_conns.append(conn)
@@ -115,7 +174,7 @@ class InlineWorker(ThreadWorker):
             while True:
                 done: Future = Future()
                 try:
-                    done.set_result(self.handle(conn))
+                    done.set_result(self.serve(conn))
                 except BaseException as exc:  # finish_request closes the connection then
                     done.set_exception(exc)
                 self.finish_request(conn, done)
@@ -124,3 +183,94 @@ class InlineWorker(ThreadWorker):
                 conn = self._pipelined.popleft()
         finally:
             self._serving = False
+
+    def serve(self, conn: TConn) -> object:
+        """One request on `conn`: what gthread's `handle` returns (keep-alive or not)."""
+        if self._lean and not conn.is_http2:
+            result = self._serve_lean(conn)
+            if result is not _GUNICORN:
+                return result
+        return self.handle(conn)
+
+    def _serve_lean(self, conn: TConn) -> object:
+        if not conn.initialized:
+            conn.init()  # gunicorn's parser: for finish_request, and for any hand-over
+        unreader = conn.parser.unreader
+        # Bytes gunicorn read ahead (or was handed) are the start of the next request: it goes
+        # on from there. Otherwise the connection is at a request boundary: gunicorn's parser
+        # keeps a connection alive only once the previous body has been drained.
+        if unreader.buf.getbuffer().nbytes:
+            return _GUNICORN
+        sock = conn.sock
+        sock.setblocking(True)
+        try:
+            data = sock.recv(LEAN_READ)
+        except OSError:
+            return _GUNICORN  # let gunicorn meet (and report) the same error
+        if not data:
+            return False  # the client closed the connection
+        end = data.find(b"\r\n\r\n")
+        req = parse_head(data[:end], self._limits) if end >= 0 else None
+        if req is None:
+            unreader.unread(data)
+            return _GUNICORN
+        start = end + 4
+        needed = start + req.content_length
+        if len(data) < needed:
+            data = self._read_to(sock, data, needed)
+            if len(data) < needed:
+                # The client left, or sent nothing for IO_TIMEOUT: nobody to answer.
+                self.log.debug("client %s: request body incomplete, closing", conn.client)
+                return False
+        if len(data) > needed:
+            unreader.unread(data[needed:])  # pipelined: gunicorn serves what follows
+        return self._answer(conn, req, data[start:needed])
+
+    @staticmethod
+    def _read_to(sock: socket.socket, data: bytes, needed: int) -> bytes:
+        buf = bytearray(data)
+        try:
+            while len(buf) < needed:
+                chunk = sock.recv(max(needed - len(buf), 65536))
+                if not chunk:
+                    break
+                buf += chunk
+        except OSError:
+            pass
+        return bytes(buf)
+
+    def _answer(self, conn: TConn, req: LeanRequest, body: bytes) -> bool:
+        self.nr += 1
+        self.lean_served += 1
+        keep_alive = not req.close and self.alive and bool(self.cfg.keepalive)
+        if self.nr >= self.max_requests:
+            if self.alive:
+                self.log.info("Autorestarting worker after current request.")
+                self.alive = False
+            keep_alive = False
+        elif len(self.keepalived_conns) >= self.max_keepalived:
+            keep_alive = False
+        environ = wsgi_environ(self._base_environ, req, body, conn.server, conn.client, conn.sock)
+        responder = Responder()
+        try:
+            chunks = self.wsgi(environ, responder.start_response)
+            try:
+                data, keep_alive = responder.response(chunks, keep_alive, self._date.now())
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
+        except Exception:
+            self.log.exception("Error handling request %s %s", req.method, req.path)
+            data = (
+                b"HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n"
+                b"Content-Type: text/plain\r\nContent-Length: 21\r\n\r\nInternal Server Error"
+            )
+            keep_alive = False
+        try:
+            conn.sock.sendall(data)
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                self.log.debug("Error writing the response: %s", exc)
+            return False
+        return keep_alive
