@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. title,text). Default: text",
     )
     p.add_argument(
-        "--batch-size", type=int, default=2048, help="documents per embed call (default 2048)"
+        "--batch-size", type=int, default=8192, help="documents per embed call (default 8192)"
     )
     p.add_argument(
         "--shard-rows",

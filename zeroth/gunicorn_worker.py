@@ -51,8 +51,9 @@ IO_TIMEOUT = float(os.environ.get("ZEROTH_IO_TIMEOUT", "10"))
 ACCEPT_DELAY_PER_CONN = 0.002
 ACCEPT_DELAY_MAX = 0.01
 HEARTBEAT = 1.0
-# The lean route reads this much at once, and takes bodies up to LEAN_MAX_BODY.
-LEAN_READ = 256 * 1024
+# The lean route reads this much at once (below glibc's mmap threshold: a larger buffer would
+# be mapped and unmapped on every request), and takes bodies up to LEAN_MAX_BODY.
+LEAN_READ = 64 * 1024
 LEAN_MAX_BODY = 4 * 1024 * 1024
 # What the lean route returns when the request is gunicorn's to answer.
 _GUNICORN = object()
