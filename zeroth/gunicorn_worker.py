@@ -176,7 +176,8 @@ class InlineWorker(ThreadWorker):
                 done: Future = Future()
                 try:
                     done.set_result(self.serve(conn))
-                except BaseException as exc:  # finish_request closes the connection then
+                except Exception as exc:  # finish_request closes the connection then
+                    # (SystemExit, e.g. gunicorn's SIGABRT on a worker timeout, ends the worker)
                     done.set_exception(exc)
                 self.finish_request(conn, done)
                 if not self._pipelined:
