@@ -15,6 +15,8 @@ from pathlib import Path
 import orjson
 import psutil
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bench.common import free_port
 from tests.conftest import write_models_list
@@ -336,3 +338,84 @@ def test_the_lean_route_answers_exactly_as_gunicorn(tmp_path: Path, tiny_ckpt: P
     total, on_lean = map(int, served.groups())
     assert 0 < on_lean < total
     assert re.search(r"\d+ requests, 0 on the lean route \(off\)", plain.log.read_text())
+
+
+@pytest.fixture(scope="module")
+def lean_and_plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
+    from tests.conftest import write_tiny_checkpoint
+
+    tmp = tmp_path_factory.mktemp("lean-fuzz")
+    ckpt = write_tiny_checkpoint(tmp / "tiny")
+    lean = _start(tmp, ckpt, 1)
+    plain = _start(tmp, ckpt, 1, ZEROTH_LEAN_HTTP="0")
+    yield lean, plain
+    _stop(lean)
+    _stop(plain)
+
+
+def _one_answer(server: Server, request: bytes) -> bytes:
+    """The first response to `request` on a fresh connection (Date and X-Request-ID lines
+    aside), or whatever came before the server closed or went quiet."""
+    out = bytearray()
+    with server.connect() as sock:
+        sock.settimeout(2)
+        sock.sendall(request)
+        try:
+            while b"\r\n\r\n" not in out and (chunk := sock.recv(65536)):
+                out += chunk
+            head, _, body = bytes(out).partition(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+            while length and len(body) < int(length.group(1)) and (chunk := sock.recv(65536)):
+                body += chunk
+            out[:] = head + b"\r\n\r\n" + body if body or length else out
+        except (TimeoutError, ConnectionError):
+            pass
+    lines = bytes(out).split(b"\r\n")
+    return b"\r\n".join(x for x in lines if not x.lower().startswith(_VARIES))
+
+
+_NAMES = st.sampled_from(
+    ["Host", "Content-Type", "content-length", "Connection", "X-Request-ID", "Authorization",
+     "Transfer-Encoding", "Expect", "X-Forwarded-For", "X_Under", "Accept", "User-Agent"]
+)  # fmt: skip
+_VALUES = st.one_of(
+    st.sampled_from(["application/json", "close", "keep-alive", "chunked", "100-continue", "x"]),
+    st.text(alphabet=st.characters(min_codepoint=1, max_codepoint=255), max_size=12),
+)
+
+
+@st.composite
+def _requests(draw) -> bytes:
+    method = draw(st.sampled_from(["GET", "POST", "PUT", "HEAD", "post", "GET "]))
+    path = draw(
+        st.one_of(
+            st.sampled_from(["/v1/embeddings", "/ready", "/v1/models", "/nope", "/v1/models/tiny"]),
+            st.text(alphabet="/abc%?=.-_~ ", min_size=1, max_size=12).map(lambda p: "/" + p),
+        )
+    )
+    version = draw(st.sampled_from(["HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/2"]))
+    body = draw(st.sampled_from([b"", _OK, b'{"model":"tiny","input":""}', b"{", b'{"input":"a"}']))
+    headers = draw(st.lists(st.tuples(_NAMES, _VALUES), max_size=5))
+    head = [f"{method} {path} {version}"]
+    has_length = False
+    for name, value in headers:
+        if name.lower() in ("content-length", "transfer-encoding"):
+            continue  # framing is drawn below, so that no request leaves the server waiting
+        head.append(f"{name}: {value}")
+    if draw(st.booleans()) or method == "POST":
+        head.append(f"Content-Length: {len(body)}")
+        has_length = True
+    if draw(st.booleans()):
+        head.append(f"Content-Length: {len(body)}")  # repeated
+        has_length = True
+    raw = "\r\n".join(head).encode("latin-1") + b"\r\n\r\n"
+    return raw + (body if has_length else b"")
+
+
+@given(_requests())
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_any_request_gets_the_same_answer_on_both_routes(lean_and_plain, request_bytes) -> None:
+    lean, plain = lean_and_plain
+    assert _one_answer(lean, request_bytes) == _one_answer(plain, request_bytes), request_bytes
