@@ -370,8 +370,15 @@ def _one_answer(server: Server, request: bytes) -> bytes:
             out[:] = head + b"\r\n\r\n" + body if body or length else out
         except (TimeoutError, ConnectionError):
             pass
-    lines = bytes(out).split(b"\r\n")
-    return b"\r\n".join(x for x in lines if not x.lower().startswith(_VARIES))
+    lines = [x for x in bytes(out).split(b"\r\n") if not x.lower().startswith(_VARIES)]
+    # Werkzeug lists the allowed methods from a set: their order is the process's hash seed's.
+    lines = [
+        b"Allow: " + b", ".join(sorted(x[6:].strip().split(b", ")))
+        if x.lower().startswith(b"allow:")
+        else x
+        for x in lines
+    ]
+    return b"\r\n".join(lines)
 
 
 _NAMES = st.sampled_from(
