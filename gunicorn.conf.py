@@ -2,7 +2,8 @@
 
 Environment: MODELS_LIST (models list file), ZEROTH_BIND (0.0.0.0:8000), ZEROTH_WORKERS (2),
 ZEROTH_THREADS (1 per worker), ZEROTH_TIMEOUT (60 s), ZEROTH_GRACEFUL_TIMEOUT (30 s),
-ZEROTH_LOG_LEVEL (info), PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless set).
+ZEROTH_LOG_LEVEL (info), PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless set);
+read by our worker (zeroth/gunicorn_worker.py): ZEROTH_IO_TIMEOUT (10 s), ZEROTH_LEAN_HTTP (1).
 
 Reload: `kill -HUP <master>` (or POST /admin/reload). gunicorn re-reads this file, on_reload
 below loads the models list into a new registry in the master, and gunicorn then forks new
