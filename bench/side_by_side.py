@@ -191,24 +191,19 @@ def run_case(case: Case, texts, urls, model_dir: Path, args, pids: dict[str, int
                 f"failures {summary.failures}"
             )
         if case.against == "tokenizer":
-            tr = tokenizer_rate(
-                model_dir,
-                texts,
-                case.batch_size,
-                args.workers,
-                args.round_seconds,
-                parse_cpus(args.server_cpus),
+            tr, st = (
+                tokenizer_rate(
+                    model_dir,
+                    texts,
+                    case.batch_size,
+                    args.workers,
+                    args.round_seconds,
+                    parse_cpus(args.server_cpus),
+                    impl=impl,
+                )
+                for impl in ("tokenizers", "server")
             )
             tok_rounds.append(tr)
-            st = tokenizer_rate(
-                model_dir,
-                texts,
-                case.batch_size,
-                args.workers,
-                args.round_seconds,
-                parse_cpus(args.server_cpus),
-                impl="server",
-            )
             server_tok_rounds.append(st)
             print(
                 f"  [{case.key}] round {r + 1} tokenizer alone ({args.workers} processes) "

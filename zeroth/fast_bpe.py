@@ -19,12 +19,13 @@ ZEROTH_FAST_TOKENIZER=0 turns it off.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Sequence
 from itertools import chain
 
 from tokenizers import Tokenizer
+
+from zeroth.switches import switched_off
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,7 @@ class FastByteLevelBPE:
     @classmethod
     def build(cls, tokenizer: Tokenizer, add_special_tokens: bool) -> FastByteLevelBPE | None:
         """The fast route for `tokenizer`, or None when it is not a pipeline this covers."""
-        switch = os.environ.get("ZEROTH_FAST_TOKENIZER", "1").strip().lower()
-        if switch in ("0", "false", "no", "off"):
+        if switched_off("ZEROTH_FAST_TOKENIZER"):
             return None
         reason = _unsupported(tokenizer)
         if reason is None:

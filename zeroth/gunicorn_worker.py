@@ -42,6 +42,7 @@ from gunicorn.http.wsgi import base_environ
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from zeroth.lean_http import HttpDate, LeanRequest, Limits, Responder, parse_head, wsgi_environ
+from zeroth.switches import switched_off
 
 # A request's bytes must keep coming (and the response's be taken) at least this often.
 IO_TIMEOUT = float(os.environ.get("ZEROTH_IO_TIMEOUT", "10"))
@@ -70,9 +71,8 @@ def _io_timeouts(sock: socket.socket) -> None:
 
 def _lean_allowed(cfg) -> bool:
     """The lean route answers as gunicorn would only where gunicorn adds nothing of its own."""
-    switch = os.environ.get("ZEROTH_LEAN_HTTP", "1").strip().lower()
     return (
-        switch not in ("0", "false", "no", "off")
+        not switched_off("ZEROTH_LEAN_HTTP")
         and not cfg.is_ssl
         and list(cfg.http_protocols) == ["h1"]
         and cfg.proxy_protocol in ("off", False, None)

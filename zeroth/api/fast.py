@@ -15,7 +15,6 @@ ZEROTH_FAST_PATH=0 turns it off.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 
@@ -28,6 +27,7 @@ from zeroth.api.errors import ApiError, api_error_from_http, error_body, unexpec
 from zeroth.api.request_log import REQUEST_LOG, Notes, request_id_from, write_line
 from zeroth.api.request_log import log as request_logger
 from zeroth.api.routes import METRICS, REGISTRY, embed
+from zeroth.switches import switched_off
 
 log = logging.getLogger("zeroth.api.errors")
 
@@ -126,6 +126,6 @@ class EmbeddingsFastPath:
 
 def install_fast_path(app: Flask) -> None:
     """Put the lean path in front of the app's WSGI callable; call once all hooks are in."""
-    if os.environ.get("ZEROTH_FAST_PATH", "1").strip().lower() in ("0", "false", "no", "off"):
+    if switched_off("ZEROTH_FAST_PATH"):
         return
     app.wsgi_app = EmbeddingsFastPath(app, app.wsgi_app)
