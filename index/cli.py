@@ -78,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tokenizer",
         choices=("auto", "hf"),
         default="auto",
-        help="auto: an exact tiktoken twin of the model's tokenizer where one exists (checked "
-        "at start), else the server's; hf: always the server's tokenizers call",
+        help="auto: the server's own route (the model's exact tiktoken twin where it has one, "
+        "checked at start); hf: the tokenizers library alone",
     )
     p.add_argument("--backend", choices=("torch", "openvino"), default="torch")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")

@@ -11,7 +11,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from index.shards import vector_column
-from index.tokens import Tokenize
 from zeroth.config import DEFAULT_MAX_TOKENS
 
 
@@ -57,9 +56,19 @@ class EmbedBatch:
             device=options.device,
             pooling=options.pooling,
         )
-        self.tokenize = Tokenize(self.model, tokenizer)
+        # "auto" is the server's own route (its tiktoken twin where there is one), asked for
+        # arrays of ids; "hf" the tokenizers library alone.
+        if tokenizer not in ("auto", "hf"):
+            raise ValueError(f"unknown tokenizer mode {tokenizer!r} (auto or hf)")
+        if tokenizer == "hf":
+            self.tokenize, route = (
+                self.model.tokenize_plain,
+                "tokenizers, as asked (--tokenizer hf)",
+            )
+        else:
+            self.tokenize, route = self.model.tokenize_arrays, self.model.tokenizer_route
         # Workers' stderr reaches the driver (Ray prefixes the actor's name and pid).
-        print(f"index: tokenizing with {self.tokenize.name} ({self.tokenize.why})", file=sys.stderr)
+        print(f"index: tokenizing with {route}", file=sys.stderr)
         self.skip = skip if skip is not None and len(skip) else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -289,17 +289,21 @@ SMOLLM2 = Path(__file__).resolve().parents[1] / "models" / "smollm2-135m"
 
 
 @pytest.mark.skipif(not (SMOLLM2 / "manifest.json").is_file(), reason="no local smollm2-135m")
-def test_fast_tokenizer_on_the_served_model() -> None:
+def test_fast_tokenizers_on_the_served_model() -> None:
+    """Its tiktoken twin (what it uses) and the ASCII route (what it would use without one)."""
     emb = StaticEmbedder.from_pretrained(SMOLLM2)
-    assert emb.fast_tokenizer is not None
+    assert emb.twin is not None and emb.fast_tokenizer is None
+    ascii_route = FastByteLevelBPE.build(emb.tokenizer, emb.add_special_tokens)
+    assert ascii_route is not None
     texts = TRICKY + [" ".join(WORDS) * 3, "A man is playing a flute.", "Obama's visit, 2012."]
-    assert emb.tokenize(texts) == emb.tokenize_plain(texts)
     eval_file = Path(__file__).resolve().parents[2] / "shared/eval/stsbenchmark/sts-dev.csv"
     if eval_file.is_file():
         from bench.common import sts_sentences
 
-        sts = sts_sentences(eval_file.parents[1])
-        assert emb.tokenize(sts) == emb.tokenize_plain(sts)
+        texts += sts_sentences(eval_file.parents[1])
+    want = emb.tokenize_plain(texts)
+    assert emb.tokenize(texts) == want
+    assert ascii_route.encode(texts) == want
 
 
 # --- The lean WSGI path (zeroth/api/fast.py) answers exactly as the Flask app does. ------------

@@ -17,13 +17,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from index.cli import SettingsChanged, check_settings, main
 from index.embed import EmbedBatch, EmbedOptions
@@ -36,7 +34,6 @@ from index.sources import (
     read_documents,
     to_documents,
 )
-from index.tokens import GPT2_PATTERN, NotEquivalent, Tokenize, build_twin
 from server import create_app
 from tests.conftest import WORDS
 from zeroth.model import StaticEmbedder
@@ -273,87 +270,6 @@ def test_vector_column_is_zero_copy_fixed_size_list():
     np.testing.assert_array_equal(col.values.to_numpy().reshape(3, 4), v)
 
 
-# --- the tiktoken twin ---------------------------------------------------------------------
-
-
-def train_byte_level_bpe(path: Path, split_regex: str | None = None) -> Path:
-    """A small byte-level BPE, GPT-2 style (or Llama 3 style: Split + ByteLevel without regex)."""
-    tok = Tokenizer(models.BPE())
-    if split_regex is None:
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    else:
-        tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(split_regex), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(random_texts(400, seed=1), trainer)
-    tok.save(str(path))
-    return path
-
-
-def fake_model(tokenizer_json: Path) -> SimpleNamespace:
-    hf = Tokenizer.from_file(str(tokenizer_json))
-    return SimpleNamespace(
-        path=tokenizer_json.parent,
-        manifest=SimpleNamespace(tokenizer=SimpleNamespace(file=tokenizer_json.name)),
-        add_special_tokens=True,
-        tokenize=lambda texts: [e.ids for e in hf.encode_batch_fast(list(texts))],
-    )
-
-
-LLAMA3_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-
-
-@pytest.mark.parametrize("split_regex", [None, LLAMA3_PATTERN], ids=["gpt2", "llama3"])
-def test_twin_tokenizes_like_tokenizers(tmp_path, split_regex):
-    model = fake_model(train_byte_level_bpe(tmp_path / "tokenizer.json", split_regex))
-    tokenize = Tokenize(model)
-    assert tokenize.twin is not None, tokenize.why
-    texts = [*EDGE_TEXTS, *random_texts(300, seed=2)]
-    assert as_lists(tokenize(texts)) == model.tokenize(texts)
-    if split_regex is None:
-        assert tokenize.twin.encoding._pat_str == GPT2_PATTERN
-
-
-def test_no_twin_for_other_tokenizers(tmp_path, tiny_ckpt):
-    with pytest.raises(NotEquivalent, match="WordLevel"):
-        build_twin(tiny_ckpt / "tokenizer.json", True)
-    tokenize = Tokenize(StaticEmbedder.from_pretrained(tiny_ckpt))
-    assert tokenize.twin is None and "WordLevel" in tokenize.why
-    spec = json.loads(train_byte_level_bpe(tmp_path / "tokenizer.json").read_text())
-    shuffled = dict(spec, model=dict(spec["model"], merges=spec["model"]["merges"][::-1]))
-    (tmp_path / "shuffled.json").write_text(json.dumps(shuffled))
-    with pytest.raises(NotEquivalent, match="merges not listed"):
-        build_twin(tmp_path / "shuffled.json", True)
-    normalized = dict(spec, normalizer={"type": "Lowercase"})
-    (tmp_path / "lower.json").write_text(json.dumps(normalized))
-    with pytest.raises(NotEquivalent, match="normalizer"):
-        build_twin(tmp_path / "lower.json", True)
-
-
-def test_twin_that_disagrees_hands_over_to_tokenizers(tmp_path):
-    model = fake_model(train_byte_level_bpe(tmp_path / "tokenizer.json"))
-    tokenize = Tokenize(model)
-    assert tokenize.twin is not None
-    tokenize._twin_ids = lambda twin, texts: [[0] for _ in texts]  # a twin gone wrong
-    texts = random_texts(5)
-    assert as_lists(tokenize(texts)) == model.tokenize(texts)
-    assert tokenize.twin is None and "disagreed" in tokenize.why
-    assert Tokenize(model, "hf").twin is None
-
-
 # --- the real model: SciFact, against the server --------------------------------------------
 
 
@@ -373,7 +289,7 @@ def test_scifact_vectors_equal_the_servers(tmp_path, scifact_docs):
     texts = [join_fields([d["title"], d["text"]]) for d in docs] + EDGE_TEXTS
     ids = [d["_id"] for d in docs] + [f"edge{i}" for i in range(len(EDGE_TEXTS))]
     batch = EmbedBatch(EmbedOptions(checkpoint=str(MODEL_DIR)))
-    assert batch.tokenize.twin is not None, batch.tokenize.why  # SmolLM2 has an exact twin
+    assert batch.model.twin is not None, batch.model.twin_why  # SmolLM2 has an exact twin
     got = vectors_of(batch(pa.table({"id": ids, "text": texts})))
     want = server_vectors(client, "m", texts)
     mine = np.stack([got[i] for i in ids])
@@ -386,15 +302,16 @@ def test_scifact_vectors_equal_the_servers(tmp_path, scifact_docs):
 @needs_scifact
 def test_smollm2_twin_tokenizes_all_of_scifact_like_tokenizers():
     model = StaticEmbedder.from_pretrained(MODEL_DIR)
-    tokenize = Tokenize(model)
     with gzip.open(SCIFACT, "rt", encoding="utf-8") as f:
         docs = [json.loads(line) for line in f]
     texts = [join_fields([d["title"], d["text"]]) for d in docs] + EDGE_TEXTS
-    assert tokenize.twin is not None
-    # Against tokenizers' own pipeline, whatever route StaticEmbedder.tokenize takes.
+    assert model.twin is not None, model.twin_why
+    # Against tokenizers' own pipeline, both of the twin's output forms.
     plain = model.tokenizer.encode_batch_fast(texts, add_special_tokens=model.add_special_tokens)
-    assert as_lists(tokenize(texts)) == [e.ids for e in plain]
-    assert tokenize.twin is not None  # the first-batch check agreed
+    want = [e.ids for e in plain]
+    assert as_lists(model.tokenize_arrays(texts)) == want
+    assert model.tokenize(texts) == want
+    assert model.twin is not None  # the first texts' cross-check agreed
 
 
 # --- Ray runs ------------------------------------------------------------------------------
