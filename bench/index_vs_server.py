@@ -16,7 +16,11 @@ What is timed:
    pair of indexer runs (batches of --batch-size documents, serialised beforehand, base64 as
    the openai client asks, --concurrency in flight); the fastest pass counts. The client runs
    on the same cores; the server idles while the indexer runs.
-3. For a random sample of ids, the server's vector for that id's text (float JSON) is compared
+3. The ceiling: the embedding code alone (`bench.tokenizer_rate --impl embed`: the server's
+   tokenize route plus pooling, no Ray, no HTTP) in --cpus processes on the x1 texts, in the
+   indexer's batch size. No indexer on these cores can beat it; its ratio to the server bounds
+   the ratio any indexer can reach here.
+4. For a random sample of ids, the server's vector for that id's text (float JSON) is compared
    with the indexer's vector for that id (cosine); every id must be written exactly once.
 
 Nothing overlaps, nothing is pinned: the machine's cores are the budget of each in turn.
@@ -50,6 +54,8 @@ from bench.common import (
     wait_ready,
     write_models_list,
 )
+from bench.tokenizer_rate import tokenizer_rate
+from index.cli import DEFAULT_BATCH_SIZE
 from index.shards import read_output
 from index.sources import join_fields
 
@@ -229,6 +235,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"x{args.repeat} {many_walls[-1]:.2f} s; server {served[-1].duration_s:.2f} s",
                     file=sys.stderr,
                 )
+            ceiling = tokenizer_rate(
+                args.checkpoint,
+                list(texts1.values()),
+                DEFAULT_BATCH_SIZE,
+                args.cpus,
+                duration=10.0,
+                impl="embed",
+            )["inputs_per_s"]
             rng = random.Random(0)
             sample_ids = rng.sample(sorted(textsn), min(args.sample, len(textsn)))
             server_vectors = server.vectors([textsn[i] for i in sample_ids])
@@ -279,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_in_run": round(max(streaming) / server_rate, 2),
         "ratio_end_to_end_x1": round(e2e1 / server_rate, 2),
         "ratio_end_to_end_xn": round(e2en / server_rate, 2),
+        "ceiling_docs_per_s": round(ceiling, 1),
+        "ratio_ceiling": round(ceiling / server_rate, 2),
         "sample": len(sample_ids),
         "cosine_min": float(cos.min()),
         "cosine_mean": float(cos.mean()),
@@ -325,6 +341,11 @@ def main(argv: list[str] | None = None) -> int:
             f"(in run {r['ratio_in_run']:.2f}x), "
             f"end to end x{k} {r['ratio_end_to_end_xn']:.2f}x, "
             f"end to end x1 {r['ratio_end_to_end_x1']:.2f}x"
+        )
+        print(
+            f"ceiling: the embedding code alone in {args.cpus} processes (no Ray, no HTTP) "
+            f"{ceiling:.0f} docs/s = {r['ratio_ceiling']:.2f}x the server: no indexer on "
+            "these cores can do better"
         )
         print(
             f"cosine vs server (n={len(sample_ids)}): min {r['cosine_min']:.6f} "

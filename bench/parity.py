@@ -24,7 +24,7 @@ import torch
 
 from bench.evaluate import api_encoder
 from zeroth.checkpoint import CENTER, COMPONENTS, TOKEN_WEIGHTS, Checkpoint
-from zeroth.model import load_tokenizer
+from zeroth.tokenizer import load_tokenizer
 
 PROBES = [
     "A man is playing a guitar.",

@@ -57,8 +57,9 @@ def stsb_train_corpus(eval_dir: Path, out: Path) -> Path:
 
 
 def variant_encoder(base: Checkpoint, flags: list[str], eval_dir: Path):
-    from zeroth.model import StaticEmbedder, folded_table, load_tokenizer
+    from zeroth.model import StaticEmbedder, folded_table
     from zeroth.pooling import TorchPooler
+    from zeroth.tokenizer import TextTokenizer
 
     parser = argparse.ArgumentParser()
     postprocess.add_arguments(parser)
@@ -67,8 +68,11 @@ def variant_encoder(base: Checkpoint, flags: list[str], eval_dir: Path):
     start = time.perf_counter()
     postprocess.apply(ckpt, args)
     seconds = time.perf_counter() - start
-    tokenizer = load_tokenizer(Path(ckpt.tokenizer_dir) / ckpt.manifest.tokenizer.file)
-    model = StaticEmbedder(ckpt.manifest, tokenizer, TorchPooler(folded_table(ckpt)), Path("."))
+    text = TextTokenizer.from_file(
+        Path(ckpt.tokenizer_dir) / ckpt.manifest.tokenizer.file,
+        ckpt.manifest.tokenizer.add_special_tokens,
+    )
+    model = StaticEmbedder(ckpt.manifest, text, TorchPooler(folded_table(ckpt)), Path("."))
 
     def encode(texts: Sequence[str]):
         return model.encode(texts)

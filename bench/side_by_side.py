@@ -4,7 +4,7 @@ Starts both under gunicorn (2 workers each, own ports), checks they return the s
 then for each case drives them with the same requests in alternating rounds so machine noise
 hits both, and prints the ratios. The 256-sentence case is compared with the tokenizer alone on
 the same texts in as many processes as there are workers (bench/tokenizer_rate.py), and also
-with the server's own route to the same ids alone (`--impl server`: zeroth/fast_bpe.py).
+with the server's own route to the same ids alone (`--impl server`: zeroth/tokenizer.py).
 
     python -m bench.side_by_side --rounds 3 --round-seconds 5
 """

@@ -4,8 +4,10 @@ This is the ceiling for a server whose per-request work is dominated by tokenisi
 
     python -m bench.tokenizer_rate --batch_size 256 --processes 2 --duration 10
 
-`--impl server` times the server's own route to the same ids instead (StaticEmbedder.tokenize:
-zeroth/fast_bpe.py where the tokenizer allows it, else `encode_batch_fast`).
+`--impl server` times the server's own route to the same ids instead (zeroth/tokenizer.py: the
+model's exact tiktoken twin where it has one, else zeroth/fast_bpe.py or `encode_batch_fast`);
+`--impl embed` the whole in-process embedding, that route plus pooling, as the bulk indexer
+calls it (ids as arrays, cut to the server's token limit): no HTTP, no Ray, nothing else.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from bench.common import DEFAULT_EVAL_DIR, DEFAULT_MODEL_DIR, batches, load_data
 
 
 def _worker(
+    model_dir: str,
     tokenizer_path: str,
     texts: list[list[str]],
     add_special: bool,
     duration: float,
+    ready,
     start,
     out,
     cpus: set[int] | None = None,
@@ -33,24 +37,37 @@ def _worker(
 ) -> None:
     if cpus:
         os.sched_setaffinity(0, cpus)
-    from tokenizers import Tokenizer
+    from zeroth.tokenizer import TextTokenizer, load_tokenizer  # no torch: quick to start
 
-    from zeroth.fast_bpe import FastByteLevelBPE  # no torch: quick to start
+    if impl == "server":
+        tokenize = TextTokenizer.from_file(tokenizer_path, add_special).tokenize
+    elif impl == "embed":
+        import torch
 
-    tok = Tokenizer.from_file(tokenizer_path)
-    tok.no_padding()
-    tok.no_truncation()
-    fast = FastByteLevelBPE.build(tok, add_special) if impl == "server" else None
+        from zeroth.config import DEFAULT_MAX_TOKENS
+        from zeroth.model import StaticEmbedder
+
+        torch.set_num_threads(1)
+        model = StaticEmbedder.from_pretrained(model_dir)
+
+        def tokenize(batch: list[str]) -> list:
+            rows = [row[:DEFAULT_MAX_TOKENS] for row in model.text.tokenize_arrays(batch)]
+            model.embed_ids([row for row in rows if len(row)])
+            return rows
+    else:
+        tok = load_tokenizer(Path(tokenizer_path))
+
+        def tokenize(batch: list[str]) -> list[list[int]]:
+            return [e.ids for e in tok.encode_batch_fast(batch, add_special_tokens=add_special)]
+
+    ready.put(os.getpid())
     start.wait()
     tokens = calls = 0
     t0 = time.perf_counter()
     deadline = t0 + duration
     while time.perf_counter() < deadline:
         batch = texts[calls % len(texts)]
-        if fast is not None:
-            tokens += sum(map(len, fast.encode(batch)))
-        else:
-            tokens += sum(map(len, tok.encode_batch_fast(batch, add_special_tokens=add_special)))
+        tokens += sum(map(len, tokenize(batch)))
         calls += 1
     out.put((tokens, calls, time.perf_counter() - t0))
 
@@ -65,7 +82,8 @@ def tokenizer_rate(
     impl: str = "tokenizers",
 ) -> dict:
     """Aggregate tokens/s over `processes` processes, each tokenising batches for `duration`.
-    impl: "tokenizers" (encode_batch_fast) or "server" (the server's tokenize route)."""
+    impl: "tokenizers" (encode_batch_fast), "server" (the server's tokenize route) or "embed"
+    (that route plus pooling)."""
     manifest = json.loads((Path(model_dir) / "manifest.json").read_text())
     tok_path = str(Path(model_dir) / manifest["tokenizer"]["file"])
     add_special = bool(manifest["tokenizer"].get("add_special_tokens", True))
@@ -73,17 +91,29 @@ def tokenizer_rate(
     # One rayon thread per process: N processes are meant to use N cores, like N workers.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     ctx = mp.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
+    ready, start, out = ctx.Queue(), ctx.Event(), ctx.Queue()
     procs = [
         ctx.Process(
             target=_worker,
-            args=(tok_path, groups, add_special, duration, start, out, cpus, impl),
+            args=(
+                str(model_dir),
+                tok_path,
+                groups,
+                add_special,
+                duration,
+                ready,
+                start,
+                out,
+                cpus,
+                impl,
+            ),
         )
         for _ in range(processes)
     ]
     for p in procs:
         p.start()
-    time.sleep(1.0)  # let every process load its tokenizer before the clock starts
+    for _ in procs:  # every process has loaded its tokenizer before the clock starts
+        ready.get()
     start.set()
     results = [out.get() for _ in procs]
     for p in procs:
@@ -113,9 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument(
         "--impl",
-        choices=["tokenizers", "server"],
+        choices=["tokenizers", "server", "embed"],
         default="tokenizers",
-        help="tokenizers: encode_batch_fast; server: the server's route to the same ids",
+        help="tokenizers: encode_batch_fast; server: the server's route to the same ids; "
+        "embed: that route plus pooling",
     )
     args = p.parse_args(argv)
     texts = load_dataset(args.dataset, args.eval_dir, args.synthetic_length)

@@ -15,8 +15,9 @@ import torch
 from extract.errors import ExtractError
 from zeroth.checkpoint import Checkpoint
 from zeroth.manifest import OpenVINOSpec
-from zeroth.model import folded_table, load_tokenizer
+from zeroth.model import folded_table
 from zeroth.pooling import BagModule, OpenVINOPooler, TorchPooler, l2_normalise
+from zeroth.tokenizer import load_tokenizer
 
 IR_DIR = "openvino"
 IR_NAME = "model.xml"

@@ -37,6 +37,7 @@ from zeroth import freq
 from zeroth.checkpoint import CENTER, COMPONENTS, TOKEN_WEIGHTS, Checkpoint
 from zeroth.fold import fold, rms_normalise
 from zeroth.manifest import Manifest, PostprocessSpec
+from zeroth.tokenizer import TextTokenizer, load_tokenizer
 
 # Defaults chosen on STS-B *train* (dev is what we report); see the README quality table.
 DEFAULT_WEIGHTING = "sif"
@@ -131,8 +132,6 @@ def _source(args: argparse.Namespace) -> str:
 
 
 def _tokenizer(ckpt: Checkpoint):
-    from zeroth.model import load_tokenizer
-
     return load_tokenizer(Path(ckpt.tokenizer_dir) / ckpt.manifest.tokenizer.file)
 
 
@@ -166,7 +165,7 @@ def pooled_statistics(
     normed: torch.Tensor,
     weights: torch.Tensor | None,
     manifest: Manifest,
-    tokenizer,
+    text: TextTokenizer,
     files: Sequence[str],
     fields: Sequence[str],
     center: bool,
@@ -184,7 +183,7 @@ def pooled_statistics(
     from zeroth.pooling import TorchPooler
 
     pooler = TorchPooler(fold(normed, weights))
-    embedder = StaticEmbedder(manifest, tokenizer, pooler, Path("."))
+    embedder = StaticEmbedder(manifest, text, pooler, Path("."))
     dim = normed.shape[1]
     total = torch.zeros(dim, dtype=torch.float64)
     moment = torch.zeros(dim, dim, dtype=torch.float64)
@@ -253,7 +252,11 @@ def compute(
                 normed,
                 weights,
                 m,
-                tokenizer,
+                TextTokenizer(
+                    tokenizer,
+                    Path(ckpt.tokenizer_dir) / m.tokenizer.file,
+                    m.tokenizer.add_special_tokens,
+                ),
                 args.corpus,
                 fields,
                 args.center,

@@ -37,6 +37,10 @@ class Busy(RuntimeError):
     pass
 
 
+# Documents per embed call: big blocks keep Ray's per-block costs small.
+DEFAULT_BATCH_SIZE = 8192
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m index",
@@ -55,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. title,text). Default: text",
     )
     p.add_argument(
-        "--batch-size", type=int, default=8192, help="documents per embed call (default 8192)"
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"documents per embed call (default {DEFAULT_BATCH_SIZE})",
     )
     p.add_argument(
         "--shard-rows",

@@ -62,11 +62,11 @@ class EmbedBatch:
             raise ValueError(f"unknown tokenizer mode {tokenizer!r} (auto or hf)")
         if tokenizer == "hf":
             self.tokenize, route = (
-                self.model.tokenize_plain,
+                self.model.text.tokenize_plain,
                 "tokenizers, as asked (--tokenizer hf)",
             )
         else:
-            self.tokenize, route = self.model.tokenize_arrays, self.model.tokenizer_route
+            self.tokenize, route = self.model.text.tokenize_arrays, self.model.text.route
         # Workers' stderr reaches the driver (Ray prefixes the actor's name and pid).
         print(f"index: tokenizing with {route}", file=sys.stderr)
         self.skip = skip if skip is not None and len(skip) else None

@@ -12,7 +12,8 @@ from conftest import TINY_DIM, TINY_VOCAB, write_models_list
 
 from server import create_app
 from zeroth.checkpoint import Checkpoint
-from zeroth.model import folded_table, load_tokenizer, reference_embed
+from zeroth.model import folded_table, reference_embed
+from zeroth.tokenizer import load_tokenizer
 
 
 def post(client, body: object):

@@ -251,3 +251,15 @@ def test_cli_json(live_url: str, tmp_path: Path, capsys) -> None:
     assert rc == 0 and doc["successes"] == 6 and doc["config"]["request_rate"] == "inf"
     assert doc["tokens_per_s"] > 0 and doc["client_cpu_s"] >= 0
     assert plot.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("impl", ["tokenizers", "server", "embed"])
+def test_tokenizer_rate_counts_the_ids_of_each_route(tiny_ckpt: Path, impl: str) -> None:
+    from bench.tokenizer_rate import tokenizer_rate
+
+    texts = ["hello world", "the cat sat on the mat", "a"] * 4
+    result = tokenizer_rate(tiny_ckpt, texts, batch_size=4, processes=1, duration=0.3, impl=impl)
+    assert result["impl"] == impl and result["batches_per_s"] > 0
+    # Every route gives the same ids, so the same tokens per batch (3 batches cycle).
+    per_batch = result["tokens_per_s"] / result["batches_per_s"]
+    assert per_batch == pytest.approx(sum(len(t.split()) for t in texts) / 3, rel=0.35)

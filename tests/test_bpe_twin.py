@@ -20,6 +20,7 @@ from zeroth.bpe_twin import (
     exact_twin,
 )
 from zeroth.model import StaticEmbedder
+from zeroth.tokenizer import TextTokenizer
 
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -123,8 +124,8 @@ def test_the_two_spaces_rule_sees_all_of_tiktokens_whitespace():
 def test_no_twin_for_other_tokenizers(tmp_path, tiny_ckpt):
     with pytest.raises(NotEquivalent, match="WordLevel"):
         build_twin(tiny_ckpt / "tokenizer.json", True)
-    model = StaticEmbedder.from_pretrained(tiny_ckpt)
-    assert model.twin is None and "WordLevel" in model.twin_why
+    text = StaticEmbedder.from_pretrained(tiny_ckpt).text
+    assert text.twin is None and "WordLevel" in text.twin_why
     spec = json.loads(train_byte_level_bpe(tmp_path / "tokenizer.json").read_text())
     shuffled = dict(spec, model=dict(spec["model"], merges=spec["model"]["merges"][::-1]))
     (tmp_path / "shuffled.json").write_text(json.dumps(shuffled))
@@ -151,26 +152,26 @@ def test_no_twin_that_disagrees_on_the_vocabulary(tmp_path):
 
 @needs_model
 def test_served_model_uses_its_twin_and_drops_it_on_a_difference(monkeypatch):
-    model = StaticEmbedder.from_pretrained(MODEL_DIR)
-    assert model.twin is not None, model.twin_why
+    text = TextTokenizer.from_file(MODEL_DIR / "tokenizer.json", add_special_tokens=True)
+    assert text.twin is not None, text.twin_why
     texts = [*EDGE_TEXTS, *random_texts(50, seed=4)]
-    assert model.tokenize(texts) == model.tokenize_plain(texts)
-    model._unchecked = 10
-    monkeypatch.setattr(model.twin, "encode", lambda texts, fallback: [[0] for _ in texts])
-    assert model.tokenize(texts) == model.tokenize_plain(texts)  # the cross-check caught it
-    assert model.twin is None and "differed" in model.twin_why
-    assert model.tokenize(texts) == model.tokenize_plain(texts)
+    assert text.tokenize(texts) == text.tokenize_plain(texts)
+    text._unchecked = 10
+    monkeypatch.setattr(text.twin, "encode", lambda texts, fallback: [[0] for _ in texts])
+    assert text.tokenize(texts) == text.tokenize_plain(texts)  # the cross-check caught it
+    assert text.twin is None and "differed" in text.twin_why
+    assert text.tokenize(texts) == text.tokenize_plain(texts)
 
 
 @needs_model
 def test_twin_refuses_what_tokenizers_refuses():
-    model = StaticEmbedder.from_pretrained(MODEL_DIR)
-    model._unchecked = 0
+    text = TextTokenizer.from_file(MODEL_DIR / "tokenizer.json", add_special_tokens=True)
+    text._unchecked = 0
     for lone_surrogate in ["a\ud800b", "\udfff"]:
         with pytest.raises(TypeError):
-            model.tokenize_plain([lone_surrogate])
+            text.tokenize_plain([lone_surrogate])
         with pytest.raises(TypeError):
-            model.tokenize([lone_surrogate])
+            text.tokenize([lone_surrogate])
 
 
 def test_switched_off(monkeypatch, tmp_path):

@@ -273,7 +273,7 @@ def test_fast_tokenizer_only_where_it_is_exact(monkeypatch, tiny_ckpt: Path) -> 
     assert FastByteLevelBPE.build(byte_level_tokenizer(post_bos=True), True) is None
     assert FastByteLevelBPE.build(byte_level_tokenizer(post_bos=True), False) is not None
     # Not byte-level BPE at all (the tests' WordLevel models).
-    assert StaticEmbedder.from_pretrained(tiny_ckpt).fast_tokenizer is None
+    assert StaticEmbedder.from_pretrained(tiny_ckpt).text.fast_bpe is None
     tok = byte_level_tokenizer()
     tok.normalizer = normalizers.Lowercase()
     assert FastByteLevelBPE.build(tok, True) is None
@@ -292,8 +292,8 @@ SMOLLM2 = Path(__file__).resolve().parents[1] / "models" / "smollm2-135m"
 def test_fast_tokenizers_on_the_served_model() -> None:
     """Its tiktoken twin (what it uses) and the ASCII route (what it would use without one)."""
     emb = StaticEmbedder.from_pretrained(SMOLLM2)
-    assert emb.twin is not None and emb.fast_tokenizer is None
-    ascii_route = FastByteLevelBPE.build(emb.tokenizer, emb.add_special_tokens)
+    assert emb.text.twin is not None and emb.text.fast_bpe is None
+    ascii_route = FastByteLevelBPE.build(emb.tokenizer, emb.text.add_special_tokens)
     assert ascii_route is not None
     texts = TRICKY + [" ".join(WORDS) * 3, "A man is playing a flute.", "Obama's visit, 2012."]
     eval_file = Path(__file__).resolve().parents[2] / "shared/eval/stsbenchmark/sts-dev.csv"
@@ -301,7 +301,7 @@ def test_fast_tokenizers_on_the_served_model() -> None:
         from bench.common import sts_sentences
 
         texts += sts_sentences(eval_file.parents[1])
-    want = emb.tokenize_plain(texts)
+    want = emb.text.tokenize_plain(texts)
     assert emb.tokenize(texts) == want
     assert ascii_route.encode(texts) == want
 

@@ -289,7 +289,7 @@ def test_scifact_vectors_equal_the_servers(tmp_path, scifact_docs):
     texts = [join_fields([d["title"], d["text"]]) for d in docs] + EDGE_TEXTS
     ids = [d["_id"] for d in docs] + [f"edge{i}" for i in range(len(EDGE_TEXTS))]
     batch = EmbedBatch(EmbedOptions(checkpoint=str(MODEL_DIR)))
-    assert batch.model.twin is not None, batch.model.twin_why  # SmolLM2 has an exact twin
+    assert batch.model.text.twin is not None, batch.model.text.twin_why  # SmolLM2 has an exact twin
     got = vectors_of(batch(pa.table({"id": ids, "text": texts})))
     want = server_vectors(client, "m", texts)
     mine = np.stack([got[i] for i in ids])
@@ -305,13 +305,15 @@ def test_smollm2_twin_tokenizes_all_of_scifact_like_tokenizers():
     with gzip.open(SCIFACT, "rt", encoding="utf-8") as f:
         docs = [json.loads(line) for line in f]
     texts = [join_fields([d["title"], d["text"]]) for d in docs] + EDGE_TEXTS
-    assert model.twin is not None, model.twin_why
+    assert model.text.twin is not None, model.text.twin_why
     # Against tokenizers' own pipeline, both of the twin's output forms.
-    plain = model.tokenizer.encode_batch_fast(texts, add_special_tokens=model.add_special_tokens)
+    plain = model.tokenizer.encode_batch_fast(
+        texts, add_special_tokens=model.text.add_special_tokens
+    )
     want = [e.ids for e in plain]
-    assert as_lists(model.tokenize_arrays(texts)) == want
+    assert as_lists(model.text.tokenize_arrays(texts)) == want
     assert model.tokenize(texts) == want
-    assert model.twin is not None  # the first texts' cross-check agreed
+    assert model.text.twin is not None  # the first texts' cross-check agreed
 
 
 # --- Ray runs ------------------------------------------------------------------------------
