@@ -16,9 +16,11 @@ from tokenizers import Tokenizer
 
 import zeroth
 from extract.errors import ExtractError, UsageError
+from zeroth.bpe_twin import fingerprint
 from zeroth.checkpoint import EMBED, NORM, TOKENIZER_FILES, Checkpoint
 from zeroth.families import Family
 from zeroth.manifest import TOKENIZER_NAME, Manifest, NormSpec, SourceSpec, TokenizerSpec
+from zeroth.tokenizer import TextTokenizer
 
 TOOLS = ("mergekit", "transformers", "torch", "safetensors", "tokenizers")
 
@@ -60,7 +62,14 @@ def tokenizer_spec(tokenizer_dir: Path, config: dict, add_special_tokens: bool) 
         ids[f"{kind}_token_id"] = (
             found if found is not None else _config_id(config.get(f"{kind}_token_id"))
         )
-    return TokenizerSpec(file=TOKENIZER_NAME, add_special_tokens=add_special_tokens, **ids)
+    # The server then skips the twin's vocabulary check at load (start-up).
+    twin = TextTokenizer.from_file(path, add_special_tokens).twin
+    return TokenizerSpec(
+        file=TOKENIZER_NAME,
+        add_special_tokens=add_special_tokens,
+        tiktoken_twin=fingerprint(path) if twin is not None else None,
+        **ids,
+    )
 
 
 def stage_tokenizer(src: Path, dest: Path) -> Path:

@@ -18,6 +18,7 @@ from zeroth.bpe_twin import (
     Twin,
     build_twin,
     exact_twin,
+    fingerprint,
 )
 from zeroth.model import StaticEmbedder
 from zeroth.tokenizer import TextTokenizer
@@ -172,6 +173,29 @@ def test_twin_refuses_what_tokenizers_refuses():
             text.tokenize_plain([lone_surrogate])
         with pytest.raises(TypeError):
             text.tokenize([lone_surrogate])
+
+
+def test_a_check_recorded_at_extraction_holds_only_for_that_file(tmp_path, monkeypatch):
+    path = train_byte_level_bpe(tmp_path / "tokenizer.json")
+    reference, record = reference_of(path), fingerprint(path)
+    checks = []
+    real = Twin.agrees_on_vocabulary
+    monkeypatch.setattr(
+        Twin, "agrees_on_vocabulary", lambda self, ref: checks.append(1) or real(self, ref)
+    )
+    twin, why = exact_twin(path, True, reference, record)
+    assert twin is not None and "at extraction" in why and not checks
+    for stale in (dict(record, tokenizer_sha256="0" * 64), dict(record, tiktoken="0.0.1")):
+        twin, why = exact_twin(path, True, reference, stale)
+        assert twin is not None and "at extraction" not in why
+    assert len(checks) == 2
+    # A recorded check does not hide a tokenizer that has no twin.
+    spec = json.loads(path.read_text())
+    (tmp_path / "lower.json").write_text(json.dumps(dict(spec, normalizer={"type": "Lowercase"})))
+    twin, why = exact_twin(
+        tmp_path / "lower.json", True, reference, fingerprint(tmp_path / "lower.json")
+    )
+    assert twin is None and "normalizer" in why
 
 
 def test_switched_off(monkeypatch, tmp_path):

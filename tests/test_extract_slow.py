@@ -16,6 +16,7 @@ from extract.cli import main
 from extract.fetch import fetch_gemma3, fetch_smollm2
 from extract.source import convert_gguf
 from tests.test_extract import RAW, hf_pooled
+from zeroth.bpe_twin import fingerprint
 from zeroth.manifest import Manifest
 from zeroth.model import StaticEmbedder
 
@@ -75,6 +76,9 @@ def test_smollm2_default_command(smollm2_gguf, tmp_path):
     assert (m.family, m.vocab_size, m.hidden_size, m.norm.source) == ("llama", 49152, 576, "final")
     assert m.source.kind == "gguf" and len(m.source.sha256) == 64
     assert m.tokenizer.bos_token_id == 1 and m.tokenizer.eos_token_id == 2
+    # Its tiktoken twin passed the vocabulary check here; loading trusts that record.
+    assert m.tokenizer.tiktoken_twin == fingerprint(out / "tokenizer.json")
+    assert "at extraction" in StaticEmbedder.from_pretrained(out).text.twin_why
     models = yaml.safe_load(models_list.read_text())["models"]
     assert models["text-embedding-3-small"]["path"] == "models/smollm2-135m"
     check_against_full_model(smollm2_gguf, out, "final")
@@ -109,6 +113,7 @@ def test_gemma3_layer0(gemma3_gguf, tmp_path):
     m = Manifest.read(out)
     assert (m.family, m.vocab_size, m.hidden_size) == ("gemma3", 262144, 640)
     assert m.norm.offset == 1.0 and m.embed_scale == pytest.approx(640**0.5)
+    assert m.tokenizer.tiktoken_twin is None  # SentencePiece: no twin
     embedder = StaticEmbedder.from_pretrained(out)
     assert embedder.tokenize(["hi"])[0][0] == m.tokenizer.bos_token_id == 2  # Gemma adds <bos>
     check_against_full_model(gemma3_gguf, out, "layer0")

@@ -41,6 +41,9 @@ class TokenizerSpec(_Strict):
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
+    # Set when the tokenizer's tiktoken twin passed its vocabulary check at extraction: the
+    # fingerprint (file hash, library versions) it passed for (zeroth.bpe_twin.fingerprint).
+    tiktoken_twin: dict[str, str] | None = None
 
 
 class PostprocessSpec(_Strict):

@@ -59,8 +59,9 @@ class StaticEmbedder:
             pooler: Pooler = OpenVINOPooler(path / manifest.openvino.xml)
         else:
             pooler = TorchPooler(folded_table(ckpt, pooling), device, pooling)
+        spec = manifest.tokenizer
         text = TextTokenizer.from_file(
-            path / manifest.tokenizer.file, manifest.tokenizer.add_special_tokens
+            path / spec.file, spec.add_special_tokens, spec.tiktoken_twin
         )
         return cls(manifest, text, pooler, path)
 

@@ -9,7 +9,7 @@ ZEROTH_FAST_TOKENIZER=0 keeps to `tokenizers`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -32,20 +32,33 @@ def load_tokenizer(path: Path) -> Tokenizer:
 
 
 class TextTokenizer:
-    def __init__(self, tokenizer: Tokenizer, tokenizer_json: Path, add_special_tokens: bool):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        tokenizer_json: Path,
+        add_special_tokens: bool,
+        twin_checked: Mapping[str, str] | None = None,
+    ):
         self.tokenizer = tokenizer
         self.tokenizer_json = tokenizer_json
         self.add_special_tokens = add_special_tokens
+        # twin_checked: the manifest's record of the vocabulary check done at extraction.
         self.twin, self.twin_why = exact_twin(
-            tokenizer_json, add_special_tokens, self.tokenize_plain
+            tokenizer_json, add_special_tokens, self.tokenize_plain, twin_checked
         )
         self.fast_bpe = None if self.twin else FastByteLevelBPE.build(tokenizer, add_special_tokens)
         # Texts this process still tokenises both ways to check the twin on real input.
         self._unchecked = CROSS_CHECK_TEXTS if self.twin else 0
 
     @classmethod
-    def from_file(cls, tokenizer_json: str | Path, add_special_tokens: bool) -> TextTokenizer:
-        return cls(load_tokenizer(Path(tokenizer_json)), Path(tokenizer_json), add_special_tokens)
+    def from_file(
+        cls,
+        tokenizer_json: str | Path,
+        add_special_tokens: bool,
+        twin_checked: Mapping[str, str] | None = None,
+    ) -> TextTokenizer:
+        path = Path(tokenizer_json)
+        return cls(load_tokenizer(path), path, add_special_tokens, twin_checked)
 
     @property
     def route(self) -> str:
