@@ -104,7 +104,10 @@ def run(args: argparse.Namespace) -> dict:
         ),
     }
     if "b" in (args.cases or "b"):
-        # The issue's baseline for base64: a seed that answers float lists whatever is asked.
+        # The base64 case's baseline as the issue describes the seed ("jsonify of lists"): it
+        # answers float lists whatever encoding is asked (the openai client accepts that).
+        # Its prototype's figures (7.6x with base64, above 5.9x with floats) only add up
+        # against such a seed. "seed" itself, which does encode base64, is reported too.
         procs["seed_lists"] = start_process(
             seed_command(ports["seed_lists"], args.workers),
             seed_env | {"SEED_BASE64": "lists"},
@@ -254,10 +257,12 @@ def run_case(case: Case, texts, urls, model_dir: Path, args, pids: dict[str, int
         out["server_tokenizer"] = statistics.mean(t["tokens_per_s"] for t in server_tok_rounds)
         out["ratio_vs_server_tokenizer"] = out["ours"] / out["server_tokenizer"]
     else:
-        out["ratio"] = out["ratio_vs_seed"]
+        baseline = "seed_lists" if "seed_lists" in rounds else "seed"
+        out["baseline"] = baseline
+        out["ratio"] = out["ratio_vs_seed_lists" if baseline == "seed_lists" else "ratio_vs_seed"]
         per_round = [
             o["successes"] / o["duration_s"] / (s["successes"] / s["duration_s"])
-            for o, s in zip(rounds["ours"], rounds["seed"], strict=True)
+            for o, s in zip(rounds["ours"], rounds[baseline], strict=True)
             if s["successes"]
         ]
         out["ratio_per_round"] = per_round
@@ -282,22 +287,31 @@ def markdown(report: dict) -> str:
                     f"alone ({case['server_tokenizer']:.0f} tok/s)"
                 )
             target = f"≥ {case['target']:.0%}"
+        elif case.get("baseline") == "seed_lists":
+            base = f"{case['seed_lists']:.1f} {unit} (seed: float lists, as the issue's)"
+            ratio = (
+                f"{case['ratio']:.1f}×; {case['ratio_vs_seed']:.1f}× vs a stricter seed that "
+                f"encodes base64 ({case['seed']:.1f} {unit})"
+            )
+            target = f"≥ {case['target']:g}×"
         else:
             base = f"{case['seed']:.1f} {unit} (seed)"
             ratio = f"{case['ratio']:.1f}×"
             target = f"≥ {case['target']:g}×"
         cpu = case["client_cpu_percent"]
         scpu = case["server_cpu_ms_per_request"]
-        if "ratio_vs_seed_lists" in case:
-            ratio += (
-                f"; {case['ratio_vs_seed_lists']:.1f}× vs a seed answering float lists "
-                f"({case['seed_lists']:.1f} {unit})"
-            )
         lines.append(
             f"| {case['title']} | {case['ours']:.1f} {unit} | {base} | {ratio} | {target} | "
             f"{case['ours_p50_ms']:.1f} / {case['seed_p50_ms']:.1f} | "
             f"{scpu['ours']:.2f} / {scpu['seed']:.2f} ({case['cpu_efficiency_vs_seed']:.1f}×) | "
             f"{cpu['ours']:.0f} % / {cpu['seed']:.0f} % | {'yes' if case['pass'] else 'NO'} |"
+        )
+    if any(c.get("baseline") == "seed_lists" for c in report["cases"].values()):
+        lines.append("")
+        lines.append(
+            "Base64 row: the ratio and pass are against the seed as the issue describes it "
+            "(answers `jsonify` of float lists whatever is asked); its p50 and server-CPU "
+            "columns are against the stricter seed that encodes base64."
         )
     m = report["machine"]
     lines.append("")
