@@ -25,9 +25,10 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaModel
 torch.set_num_threads(1)
 
 MODEL_DIR = Path(os.environ.get("SEED_MODEL_DIR", "models/smollm2-135m"))
-# struct: base64 as asked (float32 bytes packed from the Python list); lists: ignore
-# encoding_format and always send float lists, as many seed servers do (the `openai` client
-# accepts a list where it asked for base64).
+# lists: ignore encoding_format and always send float lists, as the issue describes the seed
+# ("jsonify of lists") and as many seed servers do (the `openai` client accepts a list where it
+# asked for base64): side_by_side's base64 baseline. struct: a stricter seed that encodes base64
+# as asked (float32 bytes packed from the Python list), reported beside it.
 BASE64_MODE = os.environ.get("SEED_BASE64", "struct")
 
 
