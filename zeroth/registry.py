@@ -107,12 +107,13 @@ class ModelRegistry:
                 created=int((entry.path / MANIFEST_NAME).stat().st_mtime),
             )
             log.info(
-                "model %s -> %s (%s/%s, dim %d) in %.2fs",
+                "model %s -> %s (%s/%s, dim %d; tokenizer: %s) in %.2fs",
                 alias,
                 entry.path,
                 entry.backend,
                 embedder.pooler.device,
                 dims,
+                embedder.text.route,
                 time.perf_counter() - start,
             )
         return cls(models, models_list.default, models_list.limits)
