@@ -16,8 +16,9 @@ What is timed:
    pair of indexer runs (batches of --batch-size documents, serialised beforehand, base64 as
    the openai client asks, --concurrency in flight); the fastest pass counts. The client runs
    on the same cores; the server idles while the indexer runs.
-3. The ceiling: the embedding code alone (`bench.tokenizer_rate --impl embed`: the server's
-   tokenize route plus pooling, no Ray, no HTTP, no I/O) in --cpus processes on the x1 texts,
+3. The ceiling: the embedding code alone (`bench.tokenizer_rate --impl embed`: the indexer's
+   `EmbedBatch.embed`, i.e. the server's tokenize route plus pooling, no Ray, Arrow, HTTP or
+   I/O) in --cpus processes on the x1 texts,
    in the indexer's batch size. An indexer runs this code plus reading, Ray and writing, so
    its steady state stays below the ceiling, and the ceiling's ratio to the server bounds the
    ratio an indexer can reach on these cores. ("In run" counts from the first finished block,

@@ -6,8 +6,8 @@ This is the ceiling for a server whose per-request work is dominated by tokenisi
 
 `--impl server` times the server's own route to the same ids instead (zeroth/tokenizer.py: the
 model's exact tiktoken twin where it has one, else zeroth/fast_bpe.py or `encode_batch_fast`);
-`--impl embed` the whole in-process embedding, that route plus pooling, as the bulk indexer
-calls it (ids as arrays, cut to the server's token limit): no HTTP, no Ray, nothing else.
+`--impl embed` the bulk indexer's per-batch embedding (index/embed.py `EmbedBatch.embed`: that
+route plus pooling, cut to the token limit) without Ray, Arrow, HTTP or I/O.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.common import DEFAULT_EVAL_DIR, DEFAULT_MODEL_DIR, batches, load_dataset
@@ -39,26 +39,25 @@ def _worker(
         os.sched_setaffinity(0, cpus)
     from zeroth.tokenizer import TextTokenizer, load_tokenizer  # no torch: quick to start
 
+    count: Callable[[list[str]], int]  # one batch's work; its tokens
     if impl == "server":
         tokenize = TextTokenizer.from_file(tokenizer_path, add_special).tokenize
+
+        def count(batch: list[str]) -> int:
+            return sum(map(len, tokenize(batch)))
     elif impl == "embed":
-        import torch
+        from index.embed import EmbedBatch, EmbedOptions  # torch, one thread (as an actor)
 
-        from zeroth.config import DEFAULT_MAX_TOKENS
-        from zeroth.model import StaticEmbedder
+        embed = EmbedBatch(EmbedOptions(checkpoint=model_dir))
 
-        torch.set_num_threads(1)
-        model = StaticEmbedder.from_pretrained(model_dir)
-
-        def tokenize(batch: list[str]) -> list:
-            rows = [row[:DEFAULT_MAX_TOKENS] for row in model.text.tokenize_arrays(batch)]
-            model.embed_ids([row for row in rows if len(row)])
-            return rows
+        def count(batch: list[str]) -> int:
+            return embed.embed(batch)[2]
     else:
         tok = load_tokenizer(Path(tokenizer_path))
 
-        def tokenize(batch: list[str]) -> list[list[int]]:
-            return [e.ids for e in tok.encode_batch_fast(batch, add_special_tokens=add_special)]
+        def count(batch: list[str]) -> int:
+            encodings = tok.encode_batch_fast(batch, add_special_tokens=add_special)
+            return sum(len(e.ids) for e in encodings)
 
     ready.put(os.getpid())
     start.wait()
@@ -67,7 +66,7 @@ def _worker(
     deadline = t0 + duration
     while time.perf_counter() < deadline:
         batch = texts[calls % len(texts)]
-        tokens += sum(map(len, tokenize(batch)))
+        tokens += count(batch)
         calls += 1
     out.put((tokens, calls, time.perf_counter() - t0))
 

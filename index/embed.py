@@ -74,16 +74,24 @@ class EmbedBatch:
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.skip is not None:
             batch = batch.filter(pc.invert(pc.is_in(batch.column("id"), value_set=self.skip)))
-        rows = self.tokenize(batch.column("text").to_pylist())
+        keep, vectors, _ = self.embed(batch.column("text").to_pylist())
+        ids = batch.column("id")
+        if keep is not None:
+            ids = ids.filter(pa.array(keep))
+        return pa.table({"id": ids, "vector": vector_column(vectors)})
+
+    def embed(self, texts: list[str]) -> tuple[np.ndarray | None, np.ndarray, int]:
+        """Vectors as the server makes them: (which texts got one, None for all; the vectors;
+        the tokens embedded). Longer texts are cut to max_tokens; texts without tokens get none."""
+        rows = self.tokenize(texts)
         lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
         limit = self.options.max_tokens
         if lengths.size and lengths.max() > limit:
             rows = [row[:limit] for row in rows]
-        ids = batch.column("id")
+        keep = None
         if lengths.size and not lengths.min():
             # The server answers 400 for an input with no tokens; there is no vector to store.
             keep = lengths > 0
-            ids = ids.filter(pa.array(keep))
             rows = [row for row, k in zip(rows, keep, strict=True) if k]
         if not rows:
             vectors = np.zeros((0, self.model.dim), dtype=np.float32)
@@ -91,4 +99,4 @@ class EmbedBatch:
             # Rows may be int arrays (the tiktoken twin): flatten concatenates them without
             # building one Python int per token.
             vectors = self.model.embed_ids(rows, normalize=self.options.normalize)
-        return pa.table({"id": ids, "vector": vector_column(vectors)})
+        return keep, vectors, int(np.minimum(lengths, limit).sum())
