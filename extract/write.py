@@ -20,7 +20,7 @@ from zeroth.bpe_twin import fingerprint
 from zeroth.checkpoint import EMBED, NORM, TOKENIZER_FILES, Checkpoint
 from zeroth.families import Family
 from zeroth.manifest import TOKENIZER_NAME, Manifest, NormSpec, SourceSpec, TokenizerSpec
-from zeroth.tokenizer import TextTokenizer
+from zeroth.tokenizer import TextTokenizer, load_tokenizer
 
 TOOLS = ("mergekit", "transformers", "torch", "safetensors", "tokenizers")
 
@@ -51,7 +51,7 @@ def tokenizer_spec(tokenizer_dir: Path, config: dict, add_special_tokens: bool) 
     """Special token ids from tokenizer_config.json (as the tokenizer spells them), else config."""
     path = tokenizer_dir / TOKENIZER_NAME
     try:
-        tokenizer = Tokenizer.from_file(str(path))
+        tokenizer = load_tokenizer(path)
     except Exception as exc:
         raise ExtractError(f"{path}: unreadable tokenizer: {exc}".splitlines()[0]) from exc
     tok_config_path = tokenizer_dir / "tokenizer_config.json"
@@ -63,7 +63,7 @@ def tokenizer_spec(tokenizer_dir: Path, config: dict, add_special_tokens: bool) 
             found if found is not None else _config_id(config.get(f"{kind}_token_id"))
         )
     # The server then skips the twin's vocabulary check at load (start-up).
-    twin = TextTokenizer.from_file(path, add_special_tokens).twin
+    twin = TextTokenizer(tokenizer, path, add_special_tokens).twin
     return TokenizerSpec(
         file=TOKENIZER_NAME,
         add_special_tokens=add_special_tokens,
