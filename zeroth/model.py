@@ -9,6 +9,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from zeroth.checkpoint import CENTER, COMPONENTS, TOKEN_WEIGHTS, Checkpoint
 from zeroth.fold import FoldedTable, fold, rms_normalise
@@ -31,9 +32,8 @@ def folded_table(ckpt: Checkpoint, pooling: Pooling = "mean") -> FoldedTable:
 class StaticEmbedder:
     def __init__(self, manifest: Manifest, text: TextTokenizer, pooler: Pooler, path: Path):
         self.manifest = manifest
-        # Text -> ids (zeroth/tokenizer.py); `tokenizer` is the tokenizers object it wraps.
+        # Text -> ids (zeroth/tokenizer.py).
         self.text = text
-        self.tokenizer = text.tokenizer
         self.pooler = pooler
         self.path = path
         self.dim = manifest.hidden_size
@@ -64,6 +64,11 @@ class StaticEmbedder:
             path / spec.file, spec.add_special_tokens, spec.tiktoken_twin
         )
         return cls(manifest, text, pooler, path)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The `tokenizers` object behind `text`."""
+        return self.text.tokenizer
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         return self.text.tokenize(texts)
