@@ -6,7 +6,7 @@ tests need no download and run in well under a second each.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ import yaml
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from zeroth.checkpoint import EMBED, NORM, TOKEN_WEIGHTS, Checkpoint
+from zeroth.launch import GunicornServer
 from zeroth.manifest import Manifest, NormSpec, TokenizerSpec
 
 WORDS = (
@@ -153,3 +154,20 @@ def app(models_list: Path):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture
+def gunicorn_server(tmp_path: Path) -> Iterator[Callable[..., GunicornServer]]:
+    """Start real servers (zeroth.launch.GunicornServer, as deployed); all stopped after the
+    test. Each logs to its own file under tmp_path (`server.log_text()`)."""
+    started: list[GunicornServer] = []
+
+    def start(models_list: Path, **kwargs) -> GunicornServer:
+        kwargs.setdefault("log_path", tmp_path / f"gunicorn-{len(started)}.log")
+        server = GunicornServer(models_list, **kwargs)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
