@@ -1,9 +1,7 @@
 """gunicorn settings for `gunicorn -c gunicorn.conf.py server:app`.
 
-Environment: MODELS_LIST (models list file), ZEROTH_BIND (0.0.0.0:8000), ZEROTH_WORKERS (2),
-ZEROTH_THREADS (1 per worker), ZEROTH_TIMEOUT (60 s), ZEROTH_GRACEFUL_TIMEOUT (30 s),
-ZEROTH_LOG_LEVEL (info), PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless set);
-read by our worker (zeroth/gunicorn_worker.py): ZEROTH_IO_TIMEOUT (10 s), ZEROTH_LEAN_HTTP (1).
+Settings come from the environment through zeroth.settings.Settings (the README's table);
+this file turns them into gunicorn's and sets the variables libraries read for themselves.
 
 Reload: `kill -HUP <master>` (or POST /admin/reload). gunicorn re-reads this file, on_reload
 below loads the models list into a new registry in the master, and gunicorn then forks new
@@ -17,6 +15,14 @@ import os
 import shutil
 import tempfile
 
+from zeroth.config import ConfigError
+from zeroth.settings import Settings
+
+try:
+    settings = Settings.from_env()
+except ConfigError as exc:
+    raise SystemExit(f"zeroth: {exc}") from None
+
 # One thread per worker process: workers are the parallelism. Must be set before torch is
 # imported; torch's default of one thread per core oversubscribes the machine.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -26,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Workers write their metrics here and /metrics merges them. prometheus_client reads the
 # variable at import time, so it must be set before server.py is loaded (preload below).
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+if settings.metrics_dir is None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="zeroth-metrics-")
 _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 os.makedirs(_metrics_dir, exist_ok=True)
@@ -44,29 +50,29 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 logging.basicConfig(
-    level=os.environ.get("ZEROTH_LOG_LEVEL", "info").upper(),
+    level=settings.log_level.upper(),
     format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
 )
 
-bind = os.environ.get("ZEROTH_BIND", "0.0.0.0:8000")
-workers = int(os.environ.get("ZEROTH_WORKERS", "2"))
+bind = settings.bind
+workers = settings.workers
 # One handler thread: the work is CPU-bound Python, so a second thread in the same process
 # only adds GIL hand-offs (measured: ~15% more CPU per request). Idle keep-alive connections
 # wait in the worker's poller, not in a thread, so they do not need more.
-threads = int(os.environ.get("ZEROTH_THREADS", "1"))
+threads = settings.threads
 # Both keep client connections alive between requests (a sync worker closes each one). With one
 # thread, zeroth/gunicorn_worker.py answers in the poller's loop and saves gthread's hand-off.
 worker_class = "zeroth.gunicorn_worker.InlineWorker" if threads == 1 else "gthread"
 # Load the models once in the master so the workers share the table's pages copy-on-write.
 preload_app = True
-timeout = int(os.environ.get("ZEROTH_TIMEOUT", "60"))
+timeout = settings.timeout
 # SIGTERM (and a reload) lets a worker finish the requests it has for this long.
-graceful_timeout = int(os.environ.get("ZEROTH_GRACEFUL_TIMEOUT", "30"))
+graceful_timeout = settings.graceful_timeout
 keepalive = 5
 # gunicorn 27 opens ~/.gunicorn/gunicorn.ctl by default; two servers on one host collide.
 control_socket_disable = True
-loglevel = os.environ.get("ZEROTH_LOG_LEVEL", "info")
-accesslog = os.environ.get("ZEROTH_ACCESS_LOG") or None
+loglevel = settings.log_level
+accesslog = settings.access_log
 
 
 def when_ready(server):
@@ -81,18 +87,18 @@ def post_fork(server, worker):
     # handler threads doing that at once race ("Invalid thread pool!", a 500 on about 1 server
     # start in 3). Rebuilding it here, before the handler threads exist, avoids the race.
     torch.set_num_threads(1)
-    from zeroth.reload import GUNICORN_MASTER
+    from zeroth.api.state import state_of
 
     # POST /admin/reload in one worker reaches all of them through the master's SIGHUP.
-    server.app.wsgi().config[GUNICORN_MASTER] = server.pid
+    state_of(server.app.wsgi()).reloader.master_pid = server.pid
 
 
 def on_reload(server):
     # Runs in the master on SIGHUP, before gunicorn forks the new workers.
-    from zeroth.reload import reload_app
+    from zeroth.api.state import state_of
 
     try:
-        reload_app(server.app.wsgi())
+        state_of(server.app.wsgi()).reloader.reload()
     except Exception as exc:  # the old registry stays; the new workers fork from it
         server.log.error("reload failed, still serving the previous models: %s", exc)
     gc.collect()

@@ -13,8 +13,8 @@ from extract.errors import ExtractError, UsageError
 DESCRIPTION = """\
 Cut the token-embedding table and one RMSNorm weight out of a causal LLM (Llama, Mistral,
 Qwen2, Gemma 1-3) into a small static-embedding checkpoint: model.safetensors, the tokenizer
-and manifest.json. mergekit slices the model with the family's template in configs/; only
-embed_tokens and the chosen norm are read back and kept."""
+and manifest.json. mergekit slices the model with a template in configs/; only embed_tokens
+and the chosen norm are read back and kept."""
 
 EPILOG = """\
 examples:
@@ -130,7 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def extract(args: argparse.Namespace) -> Path:
     """The whole pipeline; returns the checkpoint directory."""
-    from extract.mergekit_run import render_config, run_mergekit, source_dtype, template_path
+    from extract.mergekit_run import (
+        SLICE_TEMPLATES,
+        render_config,
+        run_mergekit,
+        source_dtype,
+        template_path,
+    )
     from extract.prune import read_embed_and_norm
     from extract.source import resolve_source
     from extract.write import (
@@ -161,15 +167,16 @@ def extract(args: argparse.Namespace) -> Path:
         family = get_family(args.family) if args.family else detect_family(source.config)
     except UnknownFamilyError as exc:
         raise ExtractError(str(exc)) from None
-    layers = 0 if args.norm == "final" else 1
+    template = SLICE_TEMPLATES[args.norm]
     merge_dtype = source_dtype(source.config)
-    merge_config = render_config(family.template, source.hf_dir, layers, merge_dtype)
+    merge_config = render_config(template, source.hf_dir, merge_dtype)
+    layers = merge_config["slices"][0]["sources"][0]["layer_range"][1]
 
     with staging_dir(out) as staging:
         merged = staging / "mergekit"
-        log(f"mergekit: {family.name} template, layer_range [0, {layers}]")
+        log(f"mergekit: {family.name}, {template} template, layer_range [0, {layers}]")
         run_mergekit(merge_config, merged, verbose=args.verbose, quiet=args.quiet)
-        embed, norm_weight = read_embed_and_norm(merged, args.norm)
+        embed, norm_weight = read_embed_and_norm(merged, args.norm, family.tensors)
         tokenizer_src = merged if (merged / "tokenizer.json").is_file() else source.hf_dir
         if not (tokenizer_src / "tokenizer.json").is_file():
             raise ExtractError(f"{source.hf_dir}: no tokenizer.json (a fast tokenizer is needed)")
@@ -187,7 +194,7 @@ def extract(args: argparse.Namespace) -> Path:
             source=source.spec,
             extraction={
                 "method": "mergekit passthrough",
-                "template": str(template_path(family.template).name),
+                "template": str(template_path(template).name),
                 "layer_range": [0, layers],
                 "mergekit_dtype": merge_dtype,
                 "norm": args.norm,

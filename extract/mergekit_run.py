@@ -1,4 +1,4 @@
-"""Run mergekit's passthrough slice from a family template in configs/.
+"""Run mergekit's passthrough slice from a template in configs/ (one per slice, not per family).
 
 mergekit 0.1.5 shortens `num_hidden_layers` of the output config but not `layer_types`
 (Gemma 2/3, Qwen2), so writing config.json fails after the weights are written; the
@@ -21,6 +21,10 @@ from extract.errors import ExtractError
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+# `--norm` -> the template of the slice that holds that norm (and, for layer0, layer 0).
+SLICE_TEMPLATES = {"final": "final-norm", "layer0": "layer0"}
+
+
 def template_path(template: str) -> Path:
     path = CONFIGS_DIR / f"{template}.yaml"
     if not path.is_file():
@@ -37,8 +41,8 @@ def source_dtype(config: dict) -> str:
     return dtype if dtype in FLOAT_DTYPES else "float32"
 
 
-def render_config(template: str, source_dir: Path, layers: int, dtype: str = "float32") -> dict:
-    """The template with its source set to `source_dir`, the slice to layers [0, layers)."""
+def render_config(template: str, source_dir: Path, dtype: str = "float32") -> dict:
+    """The template with its source set to `source_dir` (the slice is the template's own)."""
     config = yaml.safe_load(template_path(template).read_text())
     try:
         (source,) = config["slices"][0]["sources"]
@@ -48,7 +52,6 @@ def render_config(template: str, source_dir: Path, layers: int, dtype: str = "fl
         ) from None
     # The structured form: as a plain string, mergekit reads "+" as a LoRA and "@" as a revision.
     source["model"] = {"model": {"path": str(source_dir)}}
-    source["layer_range"] = [0, layers]
     config["dtype"] = dtype
     return config
 

@@ -317,13 +317,11 @@ def subtable_encoder(ckpt: Checkpoint, tokenizer):
 
 
 def stsb_dev_score(ckpt: Checkpoint, eval_dir: str | Path, tokenizer=None) -> float | None:
-    """Spearman×100 on STS-B dev, or None when the data (or the bench package) is absent."""
+    """Spearman×100 on STS-B dev, or None when the data is absent."""
+    from zeroth.evaluation.tasks import load_stsb, pair_scores
+
     path = Path(eval_dir) / "stsbenchmark" / "sts-dev.csv"
     if not path.is_file():
-        return None
-    try:
-        from bench.eval_tasks import load_stsb, pair_scores
-    except ImportError:
         return None
     encode = subtable_encoder(ckpt, tokenizer or _tokenizer(ckpt))
     return round(pair_scores(encode, *load_stsb(path))["spearman"], 2)

@@ -10,12 +10,7 @@ import torch
 from safetensors import safe_open
 
 from extract.errors import ExtractError
-
-EMBED_KEY = "model.embed_tokens.weight"
-NORM_KEYS = {
-    "final": "model.norm.weight",
-    "layer0": "model.layers.0.input_layernorm.weight",
-}
+from zeroth.families import HF_DECODER, TensorNames
 
 
 def _shards(model_dir: Path) -> dict[str, Path]:
@@ -35,11 +30,11 @@ def _shards(model_dir: Path) -> dict[str, Path]:
 
 
 def read_embed_and_norm(
-    model_dir: Path, norm: Literal["final", "layer0"]
+    model_dir: Path, norm: Literal["final", "layer0"], names: TensorNames = HF_DECODER
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """embed_tokens [V, H] and the chosen RMSNorm weight [H], read lazily from safetensors."""
     where = _shards(model_dir)
-    wanted = (EMBED_KEY, NORM_KEYS[norm])
+    wanted = (names.embed, names.norm(norm))
     missing = [k for k in wanted if k not in where]
     if missing:
         raise ExtractError(
@@ -53,7 +48,7 @@ def read_embed_and_norm(
     embed, weight = tensors
     if embed.ndim != 2 or weight.ndim != 1 or weight.shape[0] != embed.shape[1]:
         raise ExtractError(
-            f"{model_dir}: unexpected shapes {EMBED_KEY} {list(embed.shape)}, "
-            f"{NORM_KEYS[norm]} {list(weight.shape)}"
+            f"{model_dir}: unexpected shapes {wanted[0]} {list(embed.shape)}, "
+            f"{wanted[1]} {list(weight.shape)}"
         )
     return embed, weight

@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 
 from index.shards import vector_column
 from zeroth.config import DEFAULT_MAX_TOKENS
+from zeroth.tokenizer import truncate
 
 
 @dataclass(frozen=True)
@@ -83,11 +84,8 @@ class EmbedBatch:
     def embed(self, texts: list[str]) -> tuple[np.ndarray | None, np.ndarray, int]:
         """Vectors as the server makes them: (which texts got one, None for all; the vectors;
         the tokens embedded). Longer texts are cut to max_tokens; texts without tokens get none."""
-        rows = self.tokenize(texts)
-        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
         limit = self.options.max_tokens
-        if lengths.size and lengths.max() > limit:
-            rows = [row[:limit] for row in rows]
+        rows, lengths = truncate(self.tokenize(texts), limit)
         keep = None
         if lengths.size and not lengths.min():
             # The server answers 400 for an input with no tokens; there is no vector to store.

@@ -142,11 +142,17 @@ def models_list(
     )
 
 
+def make_app(models_list: Path, **settings):
+    """create_app over `models_list` with these settings (never the environment's)."""
+    from zeroth.api.app import create_app
+    from zeroth.settings import Settings
+
+    return create_app(Settings(models_list=models_list, **settings))
+
+
 @pytest.fixture(scope="session")
 def app(models_list: Path):
-    from server import create_app
-
-    application = create_app(models_list)
+    application = make_app(models_list)
     application.config["TESTING"] = True
     return application
 

@@ -1,16 +1,12 @@
-"""API keys: loaded once from the environment or a file, checked in constant time."""
+"""API keys: loaded once (from the settings and a key file), checked in constant time."""
 
 from __future__ import annotations
 
 import hmac
-import os
-from collections.abc import Mapping
+from collections.abc import Sequence
 from pathlib import Path
 
 from zeroth.config import ConfigError
-
-KEYS_ENV = "ZEROTH_API_KEYS"
-KEYS_FILE_ENV = "ZEROTH_API_KEYS_FILE"
 
 
 class AuthConfigError(ConfigError):
@@ -26,25 +22,25 @@ def _keys(lines: list[str]) -> list[str]:
     return keys
 
 
-def load_keys(environ: Mapping[str, str] = os.environ) -> list[bytes]:
-    """Keys from ZEROTH_API_KEYS (comma- or newline-separated) and/or ZEROTH_API_KEYS_FILE
-    (one key a line, '#' comments, surrounding whitespace ignored). No keys: the API is open."""
-    keys = _keys(environ.get(KEYS_ENV, "").replace(",", "\n").splitlines())
-    path = environ.get(KEYS_FILE_ENV)
-    if path:
+def load_keys(keys: Sequence[str] = (), keys_file: Path | None = None) -> list[bytes]:
+    """`keys` (ZEROTH_API_KEYS, already split) plus those of `keys_file` (one key a line, '#'
+    comments, surrounding whitespace ignored). No keys at all: the API is open."""
+    found = _keys(list(keys))
+    if keys_file is not None:
+        where = f"ZEROTH_API_KEYS_FILE={keys_file}"
         try:
             # A key may hold a comma; only the environment variable splits on them.
-            from_file = _keys(Path(path).read_text(encoding="utf-8-sig").splitlines())
+            from_file = _keys(Path(keys_file).read_text(encoding="utf-8-sig").splitlines())
         except OSError as exc:
-            raise AuthConfigError(f"{KEYS_FILE_ENV}={path}: {exc.strerror}") from None
+            raise AuthConfigError(f"{where}: {exc.strerror}") from None
         except UnicodeDecodeError:
-            raise AuthConfigError(f"{KEYS_FILE_ENV}={path}: not UTF-8 text") from None
+            raise AuthConfigError(f"{where}: not UTF-8 text") from None
         if not from_file:
             # An empty file most likely means a failed secret mount: starting open would be
             # the worst way to find out.
-            raise AuthConfigError(f"{KEYS_FILE_ENV}={path}: the file holds no keys")
-        keys += from_file
-    return [k.encode("utf-8") for k in keys]
+            raise AuthConfigError(f"{where}: the file holds no keys")
+        found += from_file
+    return [k.encode("utf-8") for k in found]
 
 
 def bearer_token(header: str | None) -> bytes | None:

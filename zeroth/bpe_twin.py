@@ -27,8 +27,6 @@ from pathlib import Path
 
 import tiktoken
 
-from zeroth.switches import switched_off
-
 Reference = Callable[[list[str]], list[list[int]]]
 
 # tokenizers' ByteLevel pre-tokenizer with use_regex=True (GPT-2's pattern).
@@ -117,10 +115,7 @@ def exact_twin(
 ) -> tuple[Twin | None, str]:
     """The twin of this tokenizer if it exists and agrees with `reference` on the whole
     vocabulary, else None; and why. The vocabulary check (~1 s) is skipped when `checked`,
-    recorded when it passed at extraction, is this file's fingerprint.
-    ZEROTH_FAST_TOKENIZER=0 turns the twin off."""
-    if switched_off("ZEROTH_FAST_TOKENIZER"):
-        return None, "ZEROTH_FAST_TOKENIZER is off"
+    recorded when it passed at extraction, is this file's fingerprint."""
     try:
         twin = build_twin(tokenizer_json, add_special_tokens)
         if checked is not None and dict(checked) == fingerprint(tokenizer_json):

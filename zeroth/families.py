@@ -1,4 +1,5 @@
-"""Family conventions: how each causal-LM family turns token ids into layer-0 inputs.
+"""Family conventions, as data: how each causal-LM family turns token ids into layer-0 inputs,
+and where its tensors are. One table, as mergekit's architecture JSON files are.
 
 A family is chosen once, at extraction, and its conventions are written into the manifest,
 so the server never guesses them from a model name.
@@ -11,6 +12,24 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class TensorNames:
+    """Names of the tensors extraction reads, in a Hugging Face checkpoint."""
+
+    embed: str = "model.embed_tokens.weight"
+    final_norm: str = "model.norm.weight"
+    # Decoder layer 0: its input norm, and the prefix of all its weights.
+    layer0: str = "model.layers.0."
+    layer0_norm: str = "model.layers.0.input_layernorm.weight"
+
+    def norm(self, which: str) -> str:
+        return self.final_norm if which == "final" else self.layer0_norm
+
+
+# Every family we extract names them alike today (Gemma 3's multimodal checkpoints would not).
+HF_DECODER = TensorNames()
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     architectures: tuple[str, ...]
@@ -19,8 +38,7 @@ class Family:
     sqrt_embed_scale: bool = False
     # Gemma's RMSNorm scales by (1 + w) instead of w.
     norm_offset: float = 0.0
-    # mergekit's template in configs/, by file stem.
-    template: str = "llama"
+    tensors: TensorNames = HF_DECODER
 
     def embed_scale(self, hidden_size: int) -> float:
         return math.sqrt(hidden_size) if self.sqrt_embed_scale else 1.0
@@ -29,19 +47,12 @@ class Family:
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
-        Family("llama", ("LlamaForCausalLM",), ("llama",), template="llama"),
-        Family("mistral", ("MistralForCausalLM",), ("mistral",), template="mistral"),
-        Family("qwen2", ("Qwen2ForCausalLM",), ("qwen2",), template="qwen2"),
-        Family("gemma", ("GemmaForCausalLM",), ("gemma",), True, 1.0, "gemma"),
-        Family("gemma2", ("Gemma2ForCausalLM",), ("gemma2",), True, 1.0, "gemma2"),
-        Family(
-            "gemma3",
-            ("Gemma3ForCausalLM",),
-            ("gemma3_text", "gemma3"),
-            True,
-            1.0,
-            "gemma3",
-        ),
+        Family("llama", ("LlamaForCausalLM",), ("llama",)),
+        Family("mistral", ("MistralForCausalLM",), ("mistral",)),
+        Family("qwen2", ("Qwen2ForCausalLM",), ("qwen2",)),
+        Family("gemma", ("GemmaForCausalLM",), ("gemma",), True, 1.0),
+        Family("gemma2", ("Gemma2ForCausalLM",), ("gemma2",), True, 1.0),
+        Family("gemma3", ("Gemma3ForCausalLM",), ("gemma3_text", "gemma3"), True, 1.0),
     )
 }
 

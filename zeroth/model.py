@@ -47,7 +47,9 @@ class StaticEmbedder:
         backend: Backend = "torch",
         device: str = "cpu",
         pooling: Pooling = "mean",
+        use_twin: bool = True,
     ) -> StaticEmbedder:
+        """`use_twin=False` tokenises with `tokenizers` alone (the reference route)."""
         path = Path(path)
         ckpt = Checkpoint.from_pretrained(path)
         manifest = ckpt.manifest
@@ -61,7 +63,7 @@ class StaticEmbedder:
             pooler = TorchPooler(folded_table(ckpt, pooling), device, pooling)
         spec = manifest.tokenizer
         text = TextTokenizer.from_file(
-            path / spec.file, spec.add_special_tokens, spec.tiktoken_twin
+            path / spec.file, spec.add_special_tokens, spec.tiktoken_twin, use_twin
         )
         return cls(manifest, text, pooler, path)
 
@@ -73,12 +75,18 @@ class StaticEmbedder:
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         return self.text.tokenize(texts)
 
-    def embed_ids(self, ids: Sequence[Sequence[int]], normalize: bool = True) -> np.ndarray:
-        """One vector per non-empty id list; ids must lie in [0, vocab_size)."""
+    def embed_ids(
+        self, ids: Sequence[Sequence[int]], normalize: bool = True, dims: int | None = None
+    ) -> np.ndarray:
+        """One vector per non-empty id list (ids in [0, vocab_size)), cut to its first `dims`
+        components (Matryoshka-style, as OpenAI's `dimensions`), then L2-normalised once."""
         flat, offsets = flatten(ids)
-        if normalize:
-            return l2_normalise(self.pooler.pool(flat, offsets, direction_only=True))
-        return self.pooler.pool(flat, offsets)
+        if not normalize:
+            return self.pooler.pool(flat, offsets)[:, :dims]
+        vectors = self.pooler.pool(flat, offsets, direction_only=True)
+        if dims is not None and dims < vectors.shape[1]:
+            vectors = vectors[:, :dims]
+        return l2_normalise(vectors)
 
     def encode(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
         return self.embed_ids(self.tokenize(texts), normalize)

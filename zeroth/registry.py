@@ -142,6 +142,14 @@ class ModelRegistry:
         return {id(m.embedder) for m in self._models.values()}
 
 
+class RegistryHolder:
+    """The registry a server answers from. A reload replaces what it holds in one assignment;
+    each request reads it once and keeps that registry to the end."""
+
+    def __init__(self, registry: ModelRegistry):
+        self.registry = registry
+
+
 def newest_version(path: Path) -> Path:
     """`path` itself if it is a checkpoint; else, as OpenVINO Model Server lays models out,
     its highest-numbered subfolder (models/x/1, models/x/2, ...) that holds a checkpoint."""

@@ -16,48 +16,45 @@ import signal
 import threading
 from pathlib import Path
 
-from flask import Flask
-
-from zeroth.api.routes import set_registry
 from zeroth.config import load_models_list
-from zeroth.registry import ModelRegistry
+from zeroth.registry import ModelRegistry, RegistryHolder
 
 log = logging.getLogger(__name__)
 
-MODELS_LIST = "ZEROTH_MODELS_LIST"
-# Set in each gunicorn worker: the master to signal so that every worker is replaced.
-GUNICORN_MASTER = "ZEROTH_GUNICORN_MASTER"
 
-# Two reloads at once would each load a registry; the later swap would win at random.
-_lock = threading.Lock()
+class Reloader:
+    def __init__(self, models_list: Path, holder: RegistryHolder):
+        self.models_list = Path(models_list)
+        self.holder = holder
+        # Set in each gunicorn worker (gunicorn.conf.py's post_fork): the master to signal so
+        # that every worker is replaced, not only the one that took POST /admin/reload.
+        self.master_pid: int | None = None
+        # Two reloads at once would each load a registry; the later swap would win at random.
+        self._lock = threading.Lock()
+
+    def reload(self) -> ModelRegistry:
+        """Load the models list again (same path) and swap it in; `ConfigError` leaves the old."""
+        with self._lock:
+            registry = ModelRegistry.load(load_models_list(self.models_list))
+            self.holder.registry = registry
+        log.info("reloaded %s: %d models", self.models_list, len(registry))
+        return registry
+
+    def reload_everywhere(self) -> ModelRegistry:
+        """The admin endpoint's reload: here first (which reports a broken list to the caller),
+        then, under gunicorn, in the master, which forks fresh workers from it."""
+        registry = self.reload()
+        if self.master_pid:
+            os.kill(self.master_pid, signal.SIGHUP)
+        return registry
 
 
-def reload_app(app: Flask) -> ModelRegistry:
-    """Load the models list again (same path) and swap it in; `ConfigError` leaves the old."""
-    path = Path(app.config[MODELS_LIST])
-    with _lock:
-        registry = ModelRegistry.load(load_models_list(path))
-        set_registry(app, registry)
-    log.info("reloaded %s: %d models", path, len(registry))
-    return registry
-
-
-def reload_everywhere(app: Flask) -> ModelRegistry:
-    """The admin endpoint's reload: here first (which reports a broken list to the caller),
-    then, under gunicorn, in the master, which forks fresh workers from it."""
-    registry = reload_app(app)
-    master = app.config.get(GUNICORN_MASTER)
-    if master:
-        os.kill(master, signal.SIGHUP)
-    return registry
-
-
-def install_sighup(app: Flask) -> None:
+def install_sighup(reloader: Reloader) -> None:
     """For `python server.py`: SIGHUP reloads in this process (gunicorn handles its own)."""
 
     def _reload() -> None:
         try:
-            reload_app(app)
+            reloader.reload()
         except Exception as exc:  # logged, never raised: the old models keep serving
             log.error("reload failed, still serving the previous models: %s", exc)
 

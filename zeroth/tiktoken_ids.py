@@ -11,6 +11,7 @@ from pathlib import Path
 
 import tiktoken
 
+CACHE_ENV = "TIKTOKEN_CACHE_DIR"
 # Written by `python -m extract.fetch tiktoken`; tiktoken looks files up by a hash of their URL.
 REPO_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "tiktoken"
 # tiktoken downloads a missing file; these are the names whose files we know to look for.
@@ -24,12 +25,18 @@ class EncodingUnavailable(RuntimeError):
     pass
 
 
+def use_cache_dir(path: str | os.PathLike) -> None:
+    """Where tiktoken finds its files: tiktoken reads only its own environment variable."""
+    os.environ[CACHE_ENV] = str(path)
+
+
 def load_encoding(name: str) -> tiktoken.Encoding:
-    """tiktoken.get_encoding without the network: the files must be in TIKTOKEN_CACHE_DIR."""
+    """tiktoken.get_encoding without the network: the files must be in TIKTOKEN_CACHE_DIR
+    (settings.tiktoken_cache_dir), else in the repository's .cache/tiktoken."""
     if name not in tiktoken.registry.ENCODINGS:
-        if "TIKTOKEN_CACHE_DIR" not in os.environ and REPO_CACHE.is_dir():
-            os.environ["TIKTOKEN_CACHE_DIR"] = str(REPO_CACHE)
-        cache = Path(os.environ.get("TIKTOKEN_CACHE_DIR", "/nonexistent"))
+        if CACHE_ENV not in os.environ and REPO_CACHE.is_dir():
+            use_cache_dir(REPO_CACHE)
+        cache = Path(os.environ.get(CACHE_ENV, "/nonexistent"))
         sha = KNOWN_FILES.get(name)
         if sha is not None and not (cache / sha).is_file():
             raise EncodingUnavailable(

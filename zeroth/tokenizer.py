@@ -1,9 +1,7 @@
 """Text -> a model's token ids, by the fastest route that gives the tokenizer's own ids.
 
-Routes, first that applies: the tokenizer's exact tiktoken twin (zeroth/bpe_twin.py: byte-level
-BPE tokenizers, any text), the ASCII route of zeroth/fast_bpe.py (byte-level BPE whose merges
-tiktoken cannot order), `tokenizers` itself. No torch here: benchmarks load this alone.
-ZEROTH_FAST_TOKENIZER=0 keeps to `tokenizers`.
+Routes: the tokenizer's exact tiktoken twin (zeroth/bpe_twin.py: byte-level BPE tokenizers,
+any text) where it has one, else `tokenizers` itself. No torch here: benchmarks load this alone.
 """
 
 from __future__ import annotations
@@ -12,10 +10,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer
 
 from zeroth.bpe_twin import exact_twin
-from zeroth.fast_bpe import FastByteLevelBPE
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +36,19 @@ class TextTokenizer:
         tokenizer_json: Path,
         add_special_tokens: bool,
         twin_checked: Mapping[str, str] | None = None,
+        use_twin: bool = True,
     ):
         self.tokenizer = tokenizer
         self.tokenizer_json = tokenizer_json
         self.add_special_tokens = add_special_tokens
         # twin_checked: the manifest's record of the vocabulary check done at extraction.
-        self.twin, self.twin_why = exact_twin(
-            tokenizer_json, add_special_tokens, self.tokenize_plain, twin_checked
-        )
-        self.fast_bpe = None if self.twin else FastByteLevelBPE.build(tokenizer, add_special_tokens)
+        # use_twin=False: `tokenizers` alone (the reference, for benchmarks and tests).
+        if use_twin:
+            self.twin, self.twin_why = exact_twin(
+                tokenizer_json, add_special_tokens, self.tokenize_plain, twin_checked
+            )
+        else:
+            self.twin, self.twin_why = None, "the tiktoken twin was not asked for"
         # Texts this process still tokenises both ways to check the twin on real input.
         self._unchecked = CROSS_CHECK_TEXTS if self.twin else 0
 
@@ -56,24 +58,21 @@ class TextTokenizer:
         tokenizer_json: str | Path,
         add_special_tokens: bool,
         twin_checked: Mapping[str, str] | None = None,
+        use_twin: bool = True,
     ) -> TextTokenizer:
         path = Path(tokenizer_json)
-        return cls(load_tokenizer(path), path, add_special_tokens, twin_checked)
+        return cls(load_tokenizer(path), path, add_special_tokens, twin_checked, use_twin)
 
     @property
     def route(self) -> str:
         """Which route tokenize takes, and why (for logs)."""
         if self.twin is not None:
             return self.twin_why
-        if self.fast_bpe is not None:
-            return f"fast byte-level BPE for ASCII text ({self.twin_why})"
         return f"tokenizers ({self.twin_why})"
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         if self.twin is not None:
             return self._checked(texts, self.twin.encode(texts, self.tokenize_plain))
-        if self.fast_bpe is not None:
-            return self.fast_bpe.encode(texts)
         return self.tokenize_plain(texts)
 
     def tokenize_arrays(self, texts: Sequence[str]) -> list[Sequence[int]]:
@@ -105,3 +104,12 @@ class TextTokenizer:
             list(texts), add_special_tokens=self.add_special_tokens
         )
         return [e.ids for e in encodings]
+
+
+def truncate(rows: list[Sequence[int]], limit: int) -> tuple[list[Sequence[int]], np.ndarray]:
+    """Each row cut to at most `limit` ids, and every row's length before the cut (the server's
+    `on_overflow: truncate` and the indexer both cut here)."""
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    if lengths.size and lengths.max() > limit:
+        rows = [row[:limit] if len(row) > limit else row for row in rows]
+    return rows, lengths

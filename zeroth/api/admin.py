@@ -1,27 +1,25 @@
 """POST /admin/reload: reload the models list without downtime (see zeroth/reload.py).
 
 Only served when API keys are configured: an open server must not let anyone make it load
-models. The key gate (zeroth/api/auth.py) covers /admin/* like the rest of the API.
+models. The key check (zeroth/api/middleware.py) covers /admin/* like the rest of the API.
 """
 
 from __future__ import annotations
 
 import orjson
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response
 
 from zeroth.api.errors import ApiError
+from zeroth.api.state import state_of
 from zeroth.config import ConfigError
-from zeroth.reload import GUNICORN_MASTER, reload_everywhere
-
-AUTH_ENABLED = "ZEROTH_AUTH_ENABLED"
 
 admin = Blueprint("zeroth_admin", __name__)
 
 
 @admin.post("/admin/reload")
 def reload_models() -> Response:
-    app = current_app._get_current_object()
-    if not app.config.get(AUTH_ENABLED):
+    state = state_of()
+    if not state.keys.enabled:
         raise ApiError(
             403,
             "Admin endpoints need API keys: set ZEROTH_API_KEYS or ZEROTH_API_KEYS_FILE "
@@ -29,7 +27,7 @@ def reload_models() -> Response:
             code="admin_disabled",
         )
     try:
-        registry = reload_everywhere(app)
+        registry = state.reloader.reload_everywhere()
     except ConfigError as exc:
         raise ApiError(
             400, f"Reload failed; still serving the previous models: {exc}", code="reload_failed"
@@ -38,6 +36,6 @@ def reload_models() -> Response:
         "status": "reloaded",
         "models": [m.alias for m in registry],
         # Under gunicorn the master reloads too and replaces the workers gracefully.
-        "workers": "replacing" if app.config.get(GUNICORN_MASTER) else "single process",
+        "workers": "replacing" if state.reloader.master_pid else "single process",
     }
     return Response(orjson.dumps(body), mimetype="application/json")

@@ -1,9 +1,7 @@
 """The API-key gate: every endpoint but the probes needs `Authorization: Bearer KEY` once
-keys are configured. Answers 401 in OpenAI's words and shape."""
+keys are configured. Answers 401 in OpenAI's words and shape. The middleware calls it."""
 
 from __future__ import annotations
-
-from flask import Flask, request
 
 from zeroth.api.errors import ApiError
 from zeroth.auth import KeyChecker, bearer_token
@@ -13,8 +11,8 @@ OPEN_PATHS = frozenset({"/health", "/ready"})
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="zeroth"'}
 
 
-# app.extensions key of the KeyChecker when keys are configured (read by zeroth/api/fast.py).
-AUTH = "zeroth.auth"
+def needs_key(path: str) -> bool:
+    return path not in OPEN_PATHS
 
 
 def challenge(checker: KeyChecker, header: str | None) -> None:
@@ -31,15 +29,3 @@ def challenge(checker: KeyChecker, header: str | None) -> None:
         # OpenAI shows a masked key here; echoing any part of a secret is not worth it.
         message = "Incorrect API key provided."
     raise ApiError(401, message, code="invalid_api_key", headers=_CHALLENGE)
-
-
-def install_auth(app: Flask, checker: KeyChecker) -> None:
-    if not checker.enabled:
-        return
-    app.extensions[AUTH] = checker
-
-    @app.before_request
-    def _require_key() -> None:
-        if request.path in OPEN_PATHS:
-            return
-        challenge(checker, request.headers.get("Authorization"))

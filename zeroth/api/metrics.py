@@ -1,12 +1,13 @@
 """Prometheus metrics, per app (no process-global registry), gunicorn multiprocess aware.
 
-Under gunicorn, gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR before anything imports
-prometheus_client; each worker then writes its samples there and /metrics aggregates them.
+Under gunicorn, gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR (prometheus_client's own
+variable, read when it is imported) before anything imports prometheus_client; each worker then
+writes its samples there and /metrics aggregates them (settings.metrics_dir).
 """
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,7 +25,8 @@ INPUT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -85,8 +87,8 @@ class Metrics:
         children[1].observe(inputs)
 
     def render(self) -> bytes:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if self.multiprocess_dir is not None:
             merged = CollectorRegistry()
-            multiprocess.MultiProcessCollector(merged)
+            multiprocess.MultiProcessCollector(merged, str(self.multiprocess_dir))
             return generate_latest(merged)
         return generate_latest(self.registry)

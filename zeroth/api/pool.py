@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from zeroth.api.errors import bad_request
-from zeroth.pooling import l2_normalise
 from zeroth.registry import ServedModel
 
 
@@ -24,13 +23,5 @@ def output_dimensions(requested: int | None, model: ServedModel) -> int:
 
 def pool(ids: list[list[int]], model: ServedModel, dims: int) -> np.ndarray:
     """[n, dims] little-endian float32, C-contiguous; unit length unless normalize is off."""
-    normalize = model.entry.normalize
-    full = dims == model.native_dim
-    vectors = model.embedder.embed_ids(ids, normalize=normalize)
-    if not full:
-        # Matryoshka-style shortening, as OpenAI's text-embedding-3 does: keep the first
-        # components, then bring the vector back to unit length.
-        vectors = vectors[:, :dims]
-        if normalize:
-            vectors = l2_normalise(vectors)
+    vectors = model.embedder.embed_ids(ids, normalize=model.entry.normalize, dims=dims)
     return np.ascontiguousarray(vectors, dtype="<f4")

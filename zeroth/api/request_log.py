@@ -1,7 +1,8 @@
-"""One JSON line per request on the `zeroth.requests` logger, and the X-Request-ID header.
+"""One JSON line per request on the `zeroth.requests` logger, and the request's id.
 
 The line holds what an operator needs (id, method, path, model, inputs, tokens, status,
-latency) and never the input text, unless ZEROTH_LOG_INPUTS=1 asks for it.
+latency) and never the input text, unless ZEROTH_LOG_INPUTS=1 asks for it. The middleware
+(zeroth/api/middleware.py) writes it for every request.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import time
 from dataclasses import dataclass
 
 import orjson
-from flask import Flask, Response, g, request
 
 from zeroth.api.schemas import EmbeddingRequest
 
@@ -74,55 +74,11 @@ def write_line(
     log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, None, None))
 
 
-@dataclass(frozen=True, slots=True)
-class RequestLogSettings:
-    enabled: bool
-    log_inputs: bool
-
-
-def _flag(name: str, default: str) -> bool:
-    return os.environ.get(name, default).strip().lower() not in ("0", "false", "no", "off", "")
-
-
-def install_request_log(
-    app: Flask, *, enabled: bool | None = None, log_inputs: bool | None = None
-) -> None:
-    """Hooks for every request. Defaults: ZEROTH_REQUEST_LOG=1, ZEROTH_LOG_INPUTS=0."""
-    if enabled is None:
-        enabled = _flag("ZEROTH_REQUEST_LOG", "1")
-    if log_inputs is None:
-        log_inputs = _flag("ZEROTH_LOG_INPUTS", "0")
+def configure(enabled: bool) -> None:
+    """Send the lines to stderr as bare JSON, without the prefix of the server's other logs."""
     if enabled and not log.handlers:
-        # The bare JSON, without the text prefix of the server's other log lines.
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
-
-    # Read by the lean embeddings path (zeroth/api/fast.py), which writes the same lines.
-    app.extensions[REQUEST_LOG] = RequestLogSettings(enabled, log_inputs)
-
-    @app.before_request
-    def _request_id() -> None:
-        g.request_id = request_id_from(request.headers.get(REQUEST_ID))
-
-    @app.after_request
-    def _log(response: Response) -> Response:
-        # The proxies `g` and `request` cost a lookup per use: resolve each once.
-        ctx = g._get_current_object()
-        request_id = ctx.get("request_id")
-        if request_id is None:  # a failure before the hooks ran
-            request_id = ctx.request_id = _new_id()
-        response.headers[REQUEST_ID] = request_id
-        if enabled and log.isEnabledFor(logging.INFO):
-            write_line(
-                request_id,
-                request.environ.get("REQUEST_METHOD"),
-                request.path,
-                response.status_code,
-                ctx.get("zeroth_start"),
-                ctx.get("zeroth_notes"),
-                log_inputs,
-            )
-        return response

@@ -1,11 +1,13 @@
-"""The endpoints. POST /v1/embeddings runs validate -> tokenize -> pool -> encode, in order."""
+"""The endpoints. POST /v1/embeddings runs validate -> tokenize -> pool -> encode, in order.
+
+Request id, API key, log line and metrics are not here: zeroth/api/middleware.py does them once
+for every route, and answers POST /v1/embeddings itself by calling `embed` below.
+"""
 
 from __future__ import annotations
 
-import time
-
 import orjson
-from flask import Blueprint, Flask, Request, Response, current_app, g, request
+from flask import Blueprint, Request, Response, request
 
 from zeroth.api.encode import embeddings_body
 from zeroth.api.errors import SERVER_ERROR, ApiError, bad_request
@@ -14,31 +16,20 @@ from zeroth.api.metrics import Metrics
 from zeroth.api.pool import output_dimensions, pool
 from zeroth.api.request_log import Notes
 from zeroth.api.schemas import parse_embedding_request, read_json
+from zeroth.api.state import state_of
 from zeroth.api.tokenize import tokenize
 from zeroth.registry import ModelRegistry, NoModelGiven, ServedModel, UnknownModel
 
-REGISTRY = "zeroth.registry"
-METRICS = "zeroth.metrics"
+EMBEDDINGS = "/v1/embeddings"
 
 api = Blueprint("zeroth", __name__)
-
-
-def get_registry() -> ModelRegistry:
-    return current_app.extensions[REGISTRY]
-
-
-def set_registry(app: Flask, registry: ModelRegistry) -> None:
-    """Swap in a (re)loaded registry; requests in flight keep the one they fetched."""
-    app.extensions[REGISTRY] = registry
 
 
 def _json(body: object, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status=status, mimetype="application/json")
 
 
-def _ready_registry(registry: ModelRegistry | None = None) -> ModelRegistry:
-    if registry is None:
-        registry = get_registry()
+def _ready(registry: ModelRegistry) -> ModelRegistry:
     if not registry.ready:
         raise ApiError(
             503, "The models are still loading; retry shortly", type=SERVER_ERROR, code="not_ready"
@@ -60,10 +51,10 @@ def _model(registry: ModelRegistry, name: str | None) -> ServedModel:
 
 
 def embed(registry: ModelRegistry, request: Request, notes: Notes, metrics: Metrics) -> bytes:
-    """The whole embeddings request, Flask or not (zeroth/api/fast.py): the response body, or
-    an ApiError / werkzeug HTTPException. `notes` collects what the log line reports."""
+    """The whole embeddings request: the response body, or an ApiError / werkzeug
+    HTTPException. `notes` collects what the log line reports."""
     req = parse_embedding_request(read_json(request), registry.limits.max_inputs)
-    _ready_registry(registry)
+    _ready(registry)
     model = _model(registry, req.model)
     notes.req = req
     notes.model = model.alias
@@ -77,11 +68,13 @@ def embed(registry: ModelRegistry, request: Request, notes: Notes, metrics: Metr
     return body
 
 
-@api.post("/v1/embeddings")
+@api.post(EMBEDDINGS)
 def embeddings() -> Response:
-    # One registry for the whole request, even if a reload swaps it meanwhile.
-    notes = g.zeroth_notes = Notes()
-    body = embed(get_registry(), request, notes, current_app.extensions[METRICS])
+    # The middleware answers this POST before Flask sees it; the rule is here so that Flask's
+    # router knows the path (405 with Allow for other methods), and so that the app still
+    # answers correctly if it is ever mounted without the middleware.
+    state = state_of()
+    body = embed(state.registry, request, Notes(), state.metrics)
     return Response(body, mimetype="application/json")
 
 
@@ -96,13 +89,13 @@ def _model_object(model: ServedModel) -> dict:
 
 @api.get("/v1/models")
 def list_models() -> Response:
-    registry = get_registry()
+    registry = state_of().registry
     return _json({"object": "list", "data": [_model_object(m) for m in registry]})
 
 
 @api.get("/v1/models/<path:model_id>")
 def retrieve_model(model_id: str) -> Response:
-    registry = get_registry()
+    registry = state_of().registry
     if model_id not in registry:
         raise ApiError(
             404, f"The model `{model_id}` does not exist.", param="model", code="model_not_found"
@@ -117,7 +110,7 @@ def health() -> Response:
 
 @api.get("/ready")
 def ready() -> Response:
-    registry = get_registry()
+    registry = state_of().registry
     if not registry.ready:
         return _json({"status": "loading"}, 503)
     return _json({"status": "ready", "models": len(registry)})
@@ -125,31 +118,5 @@ def ready() -> Response:
 
 @api.get("/metrics")
 def metrics() -> Response:
-    m: Metrics = current_app.extensions[METRICS]
+    m = state_of().metrics
     return Response(m.render(), mimetype=m.content_type)
-
-
-def install(app: Flask, registry: ModelRegistry) -> None:
-    """Routes, the registry and per-request metrics on `app`.
-
-    Hooks added later with `app.before_request` (auth, limits: issue 5) run before every
-    endpoint; raising `ApiError` there answers in OpenAI's error shape and is still measured.
-    """
-    metrics = Metrics()
-    app.extensions[METRICS] = metrics
-    set_registry(app, registry)
-    app.register_blueprint(api)
-
-    @app.before_request
-    def _start_clock() -> None:
-        g.zeroth_start = time.perf_counter()
-
-    @app.after_request
-    def _measure(response: Response) -> Response:
-        start = g.get("zeroth_start")
-        if start is not None:
-            rule = request.url_rule
-            endpoint = rule.rule if rule is not None else "unmatched"
-            seconds = time.perf_counter() - start
-            metrics.observe_request(endpoint, request.method, response.status_code, seconds)
-        return response

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from zeroth.api.errors import bad_request
 from zeroth.api.schemas import EmbeddingRequest
 from zeroth.registry import ServedModel
 from zeroth.tiktoken_ids import decode_to_texts
+from zeroth.tokenizer import truncate
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,24 +42,20 @@ def tokenize(req: EmbeddingRequest, model: ServedModel) -> Tokens:
         else:
             _check_range(rows, embedder.vocab_size, "this model's vocabulary")
             ids = rows
-    lengths = list(map(len, ids))
-    if not min(lengths):
-        raise bad_request(
-            f"'input[{lengths.index(0)}]' has no tokens after tokenization", param="input"
-        )
     limit = model.entry.max_tokens
-    longest = max(lengths)
-    if longest > limit:
-        if model.entry.on_overflow == "error":
-            i = lengths.index(longest)
-            raise bad_request(
-                f"'input[{i}]' has {longest} tokens, more than this model's maximum of "
-                f"{limit} tokens per input; shorten it or split it",
-                param="input",
-            )
-        ids = [row[:limit] if len(row) > limit else row for row in ids]
-        return Tokens(ids, sum(min(n, limit) for n in lengths))
-    return Tokens(ids, sum(lengths))
+    ids, lengths = truncate(ids, limit)
+    if not lengths.min():
+        raise bad_request(
+            f"'input[{int(lengths.argmin())}]' has no tokens after tokenization", param="input"
+        )
+    longest = int(lengths.max())
+    if longest > limit and model.entry.on_overflow == "error":
+        raise bad_request(
+            f"'input[{int(lengths.argmax())}]' has {longest} tokens, more than this model's "
+            f"maximum of {limit} tokens per input; shorten it or split it",
+            param="input",
+        )
+    return Tokens(ids, int(np.minimum(lengths, limit).sum()))
 
 
 def _check_range(rows: list[list[int]], size: int, what: str) -> None:

@@ -4,7 +4,7 @@ Start from seed checkpoints (extracted with no post-processing), e.g.
     python -m extract .cache/weights/SmolLM2-135M-Instruct.Q4_1.gguf --out models/q-smol-seed \\
         --weighting none --no-center --remove-components 0
 then
-    python -m bench.quality_table --base SmolLM2-135M=models/q-smol-seed \\
+    python -m zeroth.evaluation.quality_table --base SmolLM2-135M=models/q-smol-seed \\
         --base "Gemma 3 270M=models/q-gemma3-seed" --markdown quality.md --json quality.json
 
 Each variant runs extract.postprocess.apply with the listed extraction flags on a copy of the
@@ -22,10 +22,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.eval_tasks import DEFAULT_TASKS, TASKS, load_stsb
-from bench.evaluate import evaluate, markdown_table
 from extract import postprocess
 from zeroth.checkpoint import Checkpoint
+from zeroth.evaluation.harness import evaluate, markdown_table
+from zeroth.evaluation.tasks import DEFAULT_TASKS, TASKS, load_stsb
 
 SEED = ["--weighting", "none", "--no-center", "--remove-components", "0"]
 K = str(postprocess.DEFAULT_COMPONENTS)
@@ -81,7 +81,9 @@ def variant_encoder(base: Checkpoint, flags: list[str], eval_dir: Path):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.quality_table", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m zeroth.evaluation.quality_table", description=__doc__
+    )
     p.add_argument("--base", action="append", required=True, metavar="LABEL=DIR")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=list(DEFAULT_TASKS))

@@ -6,8 +6,8 @@ the checkpoint was cut from, and applies the post-processing recorded in the man
 answers from its folded table with one embedding_bag. Agreement means extraction, folding and
 serving together reproduce what the model itself computes.
 
-    python -m bench.parity --api_url http://127.0.0.1:8000/v1 --model text-embedding-3-small \\
-        --checkpoint models/smollm2-135m
+    python -m zeroth.evaluation.parity --api_url http://127.0.0.1:8000/v1 \\
+        --model text-embedding-3-small --checkpoint models/smollm2-135m
 
 Exit status 1 when the minimum cosine is below --min-cosine.
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.evaluate import api_encoder
 from zeroth.checkpoint import CENTER, COMPONENTS, TOKEN_WEIGHTS, Checkpoint
+from zeroth.evaluation.harness import api_encoder
 from zeroth.tokenizer import load_tokenizer
 
 PROBES = [
@@ -89,7 +89,9 @@ def load_full_model(ckpt: Checkpoint, source: str | None, cache_dir: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.parity", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m zeroth.evaluation.parity", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--api_url", default="http://127.0.0.1:8000/v1")
     p.add_argument("--model", default="text-embedding-3-small", help="the alias to ask for")
     p.add_argument("--api_key", default="none")

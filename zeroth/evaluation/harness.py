@@ -1,7 +1,7 @@
 """A small MTEB of our own: score checkpoints, or any OpenAI-compatible server, on ../shared/eval.
 
-    python -m bench.evaluate --checkpoint models/smollm2-135m [models/other ...]
-    python -m bench.evaluate --api-url http://127.0.0.1:8000/v1 --model text-embedding-3-small
+    python -m zeroth.evaluation --checkpoint models/smollm2-135m [models/other ...]
+    python -m zeroth.evaluation --api-url http://127.0.0.1:8000/v1 --model text-embedding-3-small
     options: --tasks stsb sick scifact banking77 men (default; also stsb-train, sick-train)
              --eval-dir ../shared/eval  --markdown FILE  --json FILE
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from bench.eval_tasks import DEFAULT_TASKS, TASKS, Encode, available
+from zeroth.evaluation.tasks import DEFAULT_TASKS, TASKS, Encode, available
 
 
 def _batches(texts: Sequence[str], size: int) -> list[list[str]]:
@@ -125,7 +125,9 @@ def markdown_table(rows: list[tuple[str, dict[str, dict]]], tasks: Sequence[str]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.evaluate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m zeroth.evaluation", description=__doc__.split("\n")[0]
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", nargs="+", metavar="DIR", help="zeroth checkpoint dir(s)")
     src.add_argument("--api-url", metavar="URL", help="OpenAI-compatible base URL (…/v1)")

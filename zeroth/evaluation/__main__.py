@@ -1,0 +1,5 @@
+import sys
+
+from zeroth.evaluation.harness import main
+
+sys.exit(main())
