@@ -81,7 +81,10 @@ RUN python -m compileall -q server.py gunicorn.conf.py zeroth extract
 FROM base AS runtime
 # DL3064 flags TIKTOKEN_CACHE_DIR for the "TOKEN" in its name: a folder path, not a secret.
 # hadolint ignore=DL3064
-ENV MODELS_LIST=/app/models_list.yaml \
+# /app holds the packages as copied (gunicorn.conf.py imports zeroth.settings before gunicorn
+# puts the app's folder on the path).
+ENV PYTHONPATH=/app \
+    MODELS_LIST=/app/models_list.yaml \
     TIKTOKEN_CACHE_DIR=/app/.cache/tiktoken \
     PROMETHEUS_MULTIPROC_DIR=/run/zeroth/metrics \
     ZEROTH_BIND=0.0.0.0:8000 \

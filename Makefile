@@ -11,10 +11,13 @@ SMOLLM2_GGUF := .cache/weights/SmolLM2-135M-Instruct.Q4_1.gguf
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# The pinned requirements first, then this project itself (editable, --no-deps: the pins are
+# the tested set, and no resolver gets a chance to swap the CPU torch wheel for a CUDA one).
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 $(SMOLLM2_GGUF): | venv

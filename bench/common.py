@@ -1,18 +1,13 @@
-"""Shared pieces of the benchmark scripts: datasets, latency statistics, server processes."""
+"""Shared pieces of the benchmark scripts: datasets, latency statistics, the seed server's command.
+
+Servers are started, waited for and stopped with zeroth.launch, as the tests do."""
 
 from __future__ import annotations
 
 import csv
 import math
-import os
 import random
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,37 +106,6 @@ class LatencyStats:
         return cls(sum(s) / len(s), percentile(s, 50), percentile(s, 90), percentile(s, 99), s[-1])
 
 
-def wait_ready(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> float:
-    """Poll `url` until it answers 200; returns the seconds waited."""
-    t0 = time.perf_counter()
-    while True:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before {url} was ready")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return time.perf_counter() - t0
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            pass
-        if time.perf_counter() - t0 > timeout:
-            raise TimeoutError(f"{url} not ready after {timeout:.0f} s")
-        time.sleep(0.02)
-
-
-def venv_bin(name: str) -> str:
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
-
-
-def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    # One thread per worker: torch/OpenMP and the tokenizer's rayon pool would otherwise
-    # oversubscribe the cores the workers already share.
-    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
-    env.update(extra or {})
-    return env
-
-
 def parse_cpus(value: str | None) -> set[int] | None:
     """'0,1' or '0-3' -> a CPU set for sched_setaffinity; None/'' -> no pinning."""
     if not value:
@@ -153,63 +117,10 @@ def parse_cpus(value: str | None) -> set[int] | None:
     return cpus
 
 
-def start_process(
-    cmd: list[str], env: dict[str, str], log_path: Path | None = None, cpus: set[int] | None = None
-) -> subprocess.Popen:
-    log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
-
-    def pin() -> None:
-        if cpus:
-            os.sched_setaffinity(0, cpus)  # inherited by gunicorn's workers
-
-    return subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=pin if cpus else None,
-    )
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    """SIGTERM the process group we started (gunicorn master and its workers)."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
-
-
 def write_models_list(path: Path, alias: str, model_dir: Path) -> Path:
     """A one-model list for our server (the schema of models_list.yaml)."""
     path.write_text(f"models:\n  {alias}:\n    path: {model_dir}\ndefault: {alias}\n")
     return path
-
-
-def ours_command(port: int, workers: int, extra: Sequence[str] = ()) -> list[str]:
-    """Our server as deployed (gunicorn.conf.py), on a private port, without the control socket
-    so parallel instances don't collide."""
-    return [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-c",
-        "gunicorn.conf.py",
-        "-b",
-        f"127.0.0.1:{port}",
-        "-w",
-        str(workers),
-        "--no-control-socket",
-        *extra,
-        "server:app",
-    ]
 
 
 def seed_command(port: int, workers: int) -> list[str]:
@@ -226,16 +137,3 @@ def seed_command(port: int, workers: int) -> list[str]:
         "120",
         "bench.seed_server:app",
     ]
-
-
-def free_port(ports: range) -> int:
-    """The first port in `ports` nothing listens on (each caller keeps its own range, so
-    parallel test sessions and benchmarks do not race for the same one)."""
-    for port in ports:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {ports}")

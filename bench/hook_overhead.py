@@ -1,9 +1,9 @@
-"""Per-request cost of the reliability hooks (request id, API-key check, JSON request log).
+"""Per-request cost of the cross-cutting work (request id, API-key check, JSON log line, metrics).
 
-Calls the WSGI app directly (no HTTP, no test client) on the tiny checkpoint, so the hooks are
-a visible share of the time; prints microseconds per request for each configuration. The Flask
-configurations run with ZEROTH_FAST_PATH=0; the last row is the lean path that serves
-POST /v1/embeddings by default (zeroth/api/fast.py), with every hook's work.
+Calls the WSGI app directly (no HTTP, no test client) on the tiny checkpoint, so that work is
+a visible share of the time; prints microseconds per request for each configuration. The first
+row is each route without the middleware (zeroth/api/middleware.py): Flask's own app for
+GET /health, `routes.embed` alone for POST /v1/embeddings.
 
     python -m bench.hook_overhead [--requests 20000]
 """
@@ -19,9 +19,14 @@ import time
 from pathlib import Path
 
 import orjson
+from flask import Request
 
-from server import create_app
+from zeroth.api.app import create_app
+from zeroth.api.request_log import Notes
 from zeroth.api.request_log import log as request_logger
+from zeroth.api.routes import embed
+from zeroth.api.state import state_of
+from zeroth.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-bench"
@@ -35,10 +40,20 @@ def _tiny_models_list(folder: Path) -> Path:
     return write_models_list(folder / "models_list.yaml", {"models": {"m": {"path": "tiny"}}})
 
 
-def _strip(app, *names: str) -> None:
-    """Remove our hooks by name: the app as it would be without them."""
-    for funcs in (app.before_request_funcs, app.after_request_funcs):
-        funcs[None] = [f for f in funcs.get(None, []) if f.__name__ not in names]
+def _without_middleware(app):
+    """The routes alone: Flask's app for every path but POST /v1/embeddings, which the
+    middleware would answer with `routes.embed`."""
+    flask = app.wsgi_app.flask
+    state = state_of(app)
+
+    def bare(environ, start_response):
+        if environ["PATH_INFO"] != "/v1/embeddings":
+            return flask(environ, start_response)
+        body = embed(state.registry, Request(environ), Notes(), state.metrics)
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [body]
+
+    return bare
 
 
 def _environ(method: str, path: str, body: bytes, auth: bool) -> dict:
@@ -92,29 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     request_logger.propagate = False
     body = orjson.dumps({"model": "m", "input": "the cat sat on the mat"})
 
-    configs = {}
-    flask = {"ZEROTH_FAST_PATH": "0"}
-    bare = _with_env(models_list, flask, keys=[])
-    _strip(bare, "_request_id", "_log")
-    configs["no hooks (before issue 5)"] = (bare, False)
-    configs["request id only (log off, no keys)"] = (
-        _with_env(models_list, flask | {"ZEROTH_REQUEST_LOG": "0"}, keys=[]),
-        False,
-    )
-    configs["request id + key check"] = (
-        _with_env(models_list, flask | {"ZEROTH_REQUEST_LOG": "0"}, keys=[KEY.encode()]),
-        True,
-    )
-    configs["request id + key check + JSON log line"] = (
-        _with_env(models_list, flask | {"ZEROTH_REQUEST_LOG": "1"}, keys=[KEY.encode()]),
-        True,
-    )
-    configs["lean path: id + key check + JSON log line"] = (
-        _with_env(
-            models_list, {"ZEROTH_FAST_PATH": "1", "ZEROTH_REQUEST_LOG": "1"}, [KEY.encode()]
-        ),
-        True,
-    )
+    def app(request_log: bool, keys: tuple[str, ...]):
+        return create_app(Settings(models_list=models_list, request_log=request_log, api_keys=keys))
+
+    configs = {
+        "routes alone (no middleware)": (_without_middleware(app(False, ())), False),
+        "middleware: request id + metrics": (app(False, ()), False),
+        "middleware: + key check": (app(False, (KEY,)), True),
+        "middleware: + key check + JSON log line": (app(True, (KEY,)), True),
+    }
     health = _time_all(configs, "GET", "/health", b"", args.requests)
     embed = _time_all(configs, "POST", "/v1/embeddings", body, args.requests)
     rows = [(name, health[name], embed[name]) for name in configs]
@@ -123,21 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     for name, h, e in rows:
         print(f"{name:42} {h:15.1f} {h - base_h:7.1f} {e:14.1f} {e - base_e:7.1f}")
     return 0
-
-
-def _with_env(models_list: Path, env: dict[str, str], keys: list[bytes]):
-    import os
-
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        return create_app(models_list, api_keys=keys)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 if __name__ == "__main__":

@@ -46,21 +46,12 @@ from pathlib import Path
 import numpy as np
 
 from bench.client import Summary, benchmark, build_bodies
-from bench.common import (
-    DEFAULT_EVAL_DIR,
-    DEFAULT_MODEL_DIR,
-    REPO,
-    ours_command,
-    server_env,
-    start_process,
-    stop_process,
-    wait_ready,
-    write_models_list,
-)
+from bench.common import DEFAULT_EVAL_DIR, DEFAULT_MODEL_DIR, REPO, write_models_list
 from bench.tokenizer_rate import tokenizer_rate
 from index.cli import DEFAULT_BATCH_SIZE
 from index.shards import read_output
 from index.sources import join_fields
+from zeroth.launch import GunicornServer
 
 ALIAS = "text-embedding-3-small"
 TEXT_FIELDS = ("title", "text")
@@ -139,18 +130,19 @@ class Server:
 
     def __init__(self, args: argparse.Namespace, tmp: Path):
         models_list = write_models_list(tmp / "models_list.yaml", ALIAS, args.checkpoint.resolve())
-        env = server_env({"MODELS_LIST": str(models_list), "ZEROTH_LOG_LEVEL": "warning"})
         self.args = args
-        self.base = f"http://127.0.0.1:{args.port}"
-        self.proc = start_process(ours_command(args.port, args.workers), env, tmp / "server.log")
-        try:
-            wait_ready(self.base + "/ready", timeout=180, proc=self.proc)
-        except BaseException:
-            stop_process(self.proc)
-            raise
+        self.server = GunicornServer(
+            models_list,
+            workers=args.workers,
+            port=args.port,
+            env={"ZEROTH_LOG_LEVEL": "warning"},
+            log_path=tmp / "server.log",
+            ready_timeout=180,
+        ).start()
+        self.base = self.server.url
 
     def close(self) -> None:
-        stop_process(self.proc)
+        self.server.stop()
 
     def load(self, bodies: list) -> Summary:
         """One pass of the corpus from bench.client; the clock runs from first to last reply."""

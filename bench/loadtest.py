@@ -25,7 +25,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -36,12 +35,11 @@ import orjson
 import psutil
 import yaml
 
-from bench.common import free_port as common_free_port
 from bench.common import synthetic_texts
 from zeroth.config import load_models_list
+from zeroth.launch import GunicornServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
-PORTS = range(18500, 18600)
 # A unicode key: the test also shows that UTF-8 keys survive a real server's header handling.
 API_KEY = "sk-loadtest-ключ-🔑"
 EXTRA_ALIAS = "loadtest-extra"
@@ -54,10 +52,6 @@ RETRYABLE = (
     http.client.RemoteDisconnected,
     http.client.IncompleteRead,
 )
-
-
-def free_port() -> int:
-    return common_free_port(PORTS)
 
 
 @dataclass
@@ -81,51 +75,22 @@ class Report:
     shutdown_s: float = 0.0
 
 
-class Server:
-    """gunicorn with the repository's gunicorn.conf.py, on loopback, API keys on."""
+class Server(GunicornServer):
+    """Our server as deployed, API keys on, gthread with 2 threads (the slow-client setting)."""
 
     def __init__(self, models_list: Path, workers: int, port: int, log: Path, threads: int = 2):
-        self.port = port
-        self.log = log
         env = {
-            **os.environ,
-            "MODELS_LIST": str(models_list),
-            "ZEROTH_BIND": f"127.0.0.1:{port}",
-            "ZEROTH_WORKERS": str(workers),
             "ZEROTH_THREADS": str(threads),
             "ZEROTH_API_KEYS": API_KEY,
             "ZEROTH_GRACEFUL_TIMEOUT": "20",
         }
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "server:app"]
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if request(self.port, "GET", "/ready")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server not ready within {timeout} s:\n{self.tail()}")
+        super().__init__(models_list, workers=workers, port=port, env=env, log_path=log)
 
     def workers(self) -> list[int]:
         return [c.pid for c in psutil.Process(self.proc.pid).children()]
 
     def tail(self, n: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-n:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        return self.log_text()[-n:]
 
 
 def _headers(request_id: str | None = None) -> dict:
@@ -277,11 +242,11 @@ def run(
     workdir = Path(workdir or tempfile.mkdtemp(prefix="zeroth-loadtest-"))
     workdir.mkdir(parents=True, exist_ok=True)
     live, variant, base_text = _write_lists(Path(models_list), workdir)
-    port = port or free_port()
-    server = Server(live, workers, port, workdir / "server.log")
+    server = Server(live, workers, port or free_port(), workdir / "server.log")
     report = Report(duration_s=duration, clients=clients, workers=workers)
     try:
-        server.wait_ready()
+        server.start()
+        port = server.port
         bodies = make_bodies(model, texts, 24)
         refs = references(port, bodies)
         stop = threading.Event()

@@ -21,14 +21,10 @@ from bench.common import (
     DEFAULT_EVAL_DIR,
     DEFAULT_MODEL_DIR,
     RESULTS_DIR,
-    ours_command,
-    server_env,
-    start_process,
-    stop_process,
     sts_sentences,
-    wait_ready,
     write_models_list,
 )
+from zeroth.launch import GunicornServer
 
 
 def tree_memory(pid: int) -> dict:
@@ -58,14 +54,11 @@ def tree_memory(pid: int) -> dict:
 def measure(workers: int, port: int, model_dir: Path, alias: str, texts, warmup_s: float) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="zeroth-mem-"))
     models_list = write_models_list(tmp / "models_list.yaml", alias, model_dir)
-    proc = start_process(
-        ours_command(port, workers),
-        server_env({"MODELS_LIST": str(models_list)}),
-        tmp / "server.log",
-    )
+    server = GunicornServer(
+        models_list, workers=workers, port=port, log_path=tmp / "server.log", ready_timeout=180
+    ).start()
     try:
-        wait_ready(f"http://127.0.0.1:{port}/ready", 180, proc)
-        url = f"http://127.0.0.1:{port}/v1/embeddings"
+        url = f"{server.url}/v1/embeddings"
         # Enough concurrency that every worker serves requests (touching whatever it touches).
         for fmt, batch in (("float", 32), ("base64", 256), ("float", 1)):
             bodies = build_bodies(texts, alias, batch, fmt, None)
@@ -75,9 +68,9 @@ def measure(workers: int, port: int, model_dir: Path, alias: str, texts, warmup_
             if summary.failures:
                 raise RuntimeError(f"{summary.failures} failed warm-up requests: {summary.errors}")
         time.sleep(0.5)
-        mem = tree_memory(proc.pid)
+        mem = tree_memory(server.pid)
     finally:
-        stop_process(proc)
+        server.stop()
     mem["workers"] = workers
     return mem
 

@@ -31,17 +31,13 @@ from bench.common import (
     DEFAULT_EVAL_DIR,
     DEFAULT_MODEL_DIR,
     RESULTS_DIR,
-    ours_command,
     parse_cpus,
     seed_command,
-    server_env,
-    start_process,
-    stop_process,
     sts_sentences,
-    wait_ready,
     write_models_list,
 )
 from bench.tokenizer_rate import tokenizer_rate
+from zeroth.launch import gunicorn_command, server_env, start_process, stop_process, wait_ready
 
 
 @dataclass
@@ -97,7 +93,7 @@ def run(args: argparse.Namespace) -> dict:
         os.sched_setaffinity(0, client_cpus)
     procs = {
         "ours": start_process(
-            ours_command(ports["ours"], args.workers), ours_env, tmp / "ours.log", server_cpus
+            gunicorn_command(ports["ours"], args.workers), ours_env, tmp / "ours.log", server_cpus
         ),
         "seed": start_process(
             seed_command(ports["seed"], args.workers), seed_env, tmp / "seed.log", server_cpus

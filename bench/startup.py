@@ -12,28 +12,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import (
-    DEFAULT_MODEL_DIR,
-    RESULTS_DIR,
-    ours_command,
-    server_env,
-    start_process,
-    stop_process,
-    wait_ready,
-    write_models_list,
-)
+from bench.common import DEFAULT_MODEL_DIR, RESULTS_DIR, write_models_list
+from zeroth.launch import GunicornServer
 
 
 def time_to_ready(port: int, workers: int, models_list: Path, log: Path) -> float:
     t0 = time.perf_counter()
-    proc = start_process(
-        ours_command(port, workers), server_env({"MODELS_LIST": str(models_list)}), log
-    )
+    server = GunicornServer(models_list, workers=workers, port=port, log_path=log)
     try:
-        wait_ready(f"http://127.0.0.1:{port}/ready", 120, proc)
+        server.start()
         return time.perf_counter() - t0
     finally:
-        stop_process(proc)
+        server.stop()
 
 
 def main(argv=None) -> int:

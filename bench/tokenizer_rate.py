@@ -5,7 +5,7 @@ This is the ceiling for a server whose per-request work is dominated by tokenisi
     python -m bench.tokenizer_rate --batch_size 256 --processes 2 --duration 10
 
 `--impl server` times the server's own route to the same ids instead (zeroth/tokenizer.py: the
-model's exact tiktoken twin where it has one, else zeroth/fast_bpe.py or `encode_batch_fast`);
+model's exact tiktoken twin where it has one, else `encode_batch_fast`);
 `--impl embed` the bulk indexer's per-batch embedding (index/embed.py `EmbedBatch.embed`: that
 route plus pooling, cut to the token limit) without Ray, Arrow, HTTP or I/O.
 """

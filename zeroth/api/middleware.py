@@ -95,10 +95,10 @@ class RequestMiddleware:
     ) -> tuple[int, None, Iterable[bytes]]:
         answered: list[int] = []
 
-        def start(status: str, headers: list, exc_info: object = None) -> object:
+        def start(status: str, headers: list, *exc_info: object) -> object:
             answered.append(int(status[:3]))
             headers.append((REQUEST_ID, request_id))
-            return start_response(status, headers, exc_info)
+            return start_response(status, headers, *exc_info)
 
         body = self.flask(environ, start)
         # Flask has called start_response by now: its responses are never streamed.
