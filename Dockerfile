@@ -79,10 +79,10 @@ RUN python -m compileall -q server.py gunicorn.conf.py zeroth extract
 # GUNICORN_CMD_ARGS: gunicorn's worker heartbeat files go to /dev/shm (a tmpfs in Docker and
 # Kubernetes alike) rather than /tmp, which may be disk-backed or read-only.
 FROM base AS runtime
-# DL3064 flags TIKTOKEN_CACHE_DIR for the "TOKEN" in its name: a folder path, not a secret.
-# hadolint ignore=DL3064
 # /app holds the packages as copied (gunicorn.conf.py imports zeroth.settings before gunicorn
 # puts the app's folder on the path).
+# DL3064 flags TIKTOKEN_CACHE_DIR for the "TOKEN" in its name: a folder path, not a secret.
+# hadolint ignore=DL3064
 ENV PYTHONPATH=/app \
     MODELS_LIST=/app/models_list.yaml \
     TIKTOKEN_CACHE_DIR=/app/.cache/tiktoken \

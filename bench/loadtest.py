@@ -86,7 +86,7 @@ class Server(GunicornServer):
         }
         super().__init__(models_list, workers=workers, port=port, env=env, log_path=log)
 
-    def workers(self) -> list[int]:
+    def worker_pids(self) -> list[int]:
         return [c.pid for c in psutil.Process(self.proc.pid).children()]
 
     def tail(self, n: int = 4000) -> str:
@@ -268,7 +268,8 @@ def run(
         elapsed = time.monotonic() - t0
         latencies = sorted(s for t in threads for s in t.latencies)
         report.ok = sum(t.ok for t in threads)
-        report.failures = [f for t in threads for f in t.failures]
+        # The chaos steps' failures are already in the report; the clients' join them.
+        report.failures += [f for t in threads for f in t.failures]
         report.failed = len(report.failures)
         retry_at = sorted(r for t in threads for r in t.retry_at)
         report.retries = len(retry_at)
@@ -314,13 +315,16 @@ def _chaos(server, port, live, variant, base_text, duration, t0, event, report) 
         report.failures.append("admin reload never removed the extra alias")
 
     at(0.5)
-    victim = random.choice(server.workers())
-    before = set(server.workers())
+    # After the reloads, old workers may still be finishing their requests: wait until only
+    # the new generation is left, so the victim is a worker gunicorn must replace.
+    _wait_for(lambda: len(server.worker_pids()) == server.workers, 30)
+    victim = random.choice(server.worker_pids())
+    before = set(server.worker_pids())
     kill_at = time.monotonic()
     os.kill(victim, signal.SIGKILL)
     event(f"SIGKILL worker {victim}")
     replaced = _wait_for(
-        lambda: len(server.workers()) == len(before) and victim not in server.workers(), 30
+        lambda: len(server.worker_pids()) == len(before) and victim not in server.worker_pids(), 30
     )
     if replaced:
         report.worker_replaced_s = round(time.monotonic() - kill_at, 2)

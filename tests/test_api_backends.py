@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_models_list
+from conftest import make_app, write_models_list
 from test_api_embeddings import TEXTS, post, vectors
 
-from server import create_app
+from zeroth.api.state import state_of
 from zeroth.manifest import Manifest
 
 MANY = TEXTS + [" ".join(TEXTS * 30), "cat", "the the the"]
@@ -40,9 +40,7 @@ def backend_client(tmp_path_factory, tiny_ckpt: Path, tiny_ckpt_weighted: Path):
         "weighted-ov": {"path": str(weighted), "backend": "openvino"},
         "plain-auto": {"path": str(plain), "device": "auto"},
     }
-    return create_app(
-        write_models_list(root / "models_list.yaml", {"models": models})
-    ).test_client()
+    return make_app(write_models_list(root / "models_list.yaml", {"models": models})).test_client()
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -79,7 +77,7 @@ def cuda_client(tmp_path_factory, tiny_ckpt: Path, tiny_ckpt_weighted: Path):
         "weighted-cuda": {"path": str(tiny_ckpt_weighted), "device": "cuda"},
     }
     path = write_models_list(tmp_path_factory.mktemp("cuda") / "m.yaml", {"models": models})
-    return create_app(path).test_client()
+    return make_app(path).test_client()
 
 
 @pytest.mark.cuda
@@ -97,10 +95,7 @@ def test_cuda_agrees_with_cpu(cuda_client, name: str) -> None:
 
 
 def _pooler(client, name: str):
-    from zeroth.api.routes import get_registry
-
-    with client.application.app_context():
-        return get_registry().get(name).embedder.pooler
+    return state_of(client.application).registry.get(name).embedder.pooler
 
 
 def test_cuda_table_is_placed_in_the_process_that_uses_it(cuda_or_cpu_client) -> None:
@@ -118,60 +113,30 @@ def cuda_or_cpu_client(tmp_path, tiny_ckpt: Path):
     path = write_models_list(
         tmp_path / "m.yaml", {"models": {"m": {"path": str(tiny_ckpt), "device": device}}}
     )
-    return create_app(path).test_client(), "m"
+    return make_app(path).test_client(), "m"
 
 
 @pytest.mark.cuda
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_cuda_under_preloaded_gunicorn(tmp_path, tiny_ckpt: Path) -> None:
+def test_cuda_under_preloaded_gunicorn(gunicorn_server, tmp_path, tiny_ckpt: Path) -> None:
     import json
-    import os
-    import subprocess
-    import sys
-    import time
     import urllib.request
 
-    from test_e2e_server import ROOT, _free_port, _get
-
     models = {"gpu": {"path": str(tiny_ckpt), "device": "cuda"}, "cpu": {"path": str(tiny_ckpt)}}
-    port = _free_port()
-    env = {
-        **os.environ,
-        "ZEROTH_BIND": f"127.0.0.1:{port}",
-        "ZEROTH_WORKERS": "2",
-        "MODELS_LIST": str(write_models_list(tmp_path / "m.yaml", {"models": models})),
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    log = tmp_path / "server.log"
-    cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "server:app"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    server = gunicorn_server(
+        write_models_list(tmp_path / "m.yaml", {"models": models}), workers=2, ready_timeout=60
+    )
 
     def embed(model: str) -> np.ndarray:
         body = json.dumps({"model": model, "input": MANY}).encode()
         req = urllib.request.Request(
-            f"{url}/v1/embeddings", body, {"Content-Type": "application/json"}
+            f"{server.url}/v1/embeddings", body, {"Content-Type": "application/json"}
         )
         with urllib.request.urlopen(req, timeout=30) as resp:
             return np.array([d["embedding"] for d in json.load(resp)["data"]])
 
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if _get(f"{url}/ready")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-        # Several requests, so that both workers serve (and place their table) at least once.
-        ref = embed("cpu")
-        for _ in range(6):
-            np.testing.assert_allclose(embed("gpu"), ref, atol=1e-5)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    # Several requests, so that both workers serve (and place their table) at least once.
+    ref = embed("cpu")
+    for _ in range(6):
+        np.testing.assert_allclose(embed("gpu"), ref, atol=1e-5)

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_DIM, TINY_VOCAB, write_models_list
+from conftest import TINY_DIM, TINY_VOCAB, make_app, write_models_list
 
-from server import create_app
 from zeroth.checkpoint import Checkpoint
 from zeroth.model import folded_table, reference_embed
 from zeroth.tokenizer import load_tokenizer
@@ -155,7 +154,7 @@ def test_default_model_and_missing_model(client, tmp_path: Path, tiny_ckpt: Path
     )
     assert post(client, {"input": "cat", "model": None}).get_json()["model"] == "tiny"
     path = write_models_list(tmp_path / "m.yaml", {"models": {"only": {"path": str(tiny_ckpt)}}})
-    no_default = create_app(path).test_client()
+    no_default = make_app(path).test_client()
     assert_error(post(no_default, {"input": "cat"}), 400, "model")
     assert post(no_default, {"input": "cat", "model": "only"}).status_code == 200
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-from flask import request
+from conftest import make_app
 from test_api_embeddings import assert_error
 
-from server import create_app
-from zeroth.api.errors import ApiError
-from zeroth.api.routes import set_registry
+from zeroth.api.app import create_app
+from zeroth.api.state import state_of
 from zeroth.config import load_models_list
 from zeroth.registry import ModelRegistry
+from zeroth.settings import Settings
 
 VALID = orjson.dumps({"model": "tiny", "input": "the cat"})
 
@@ -67,7 +67,7 @@ def test_malformed_bodies_are_400(client, body: bytes) -> None:
 
 
 def test_oversized_body_is_413(models_list: Path) -> None:
-    small = create_app(models_list, max_body_bytes=1000).test_client()
+    small = make_app(models_list, max_body_bytes=1000).test_client()
     big = orjson.dumps({"model": "tiny", "input": ["cat dog"] * 500})
     msg = assert_error(
         small.post("/v1/embeddings", data=big, content_type="application/json"),
@@ -91,7 +91,7 @@ def test_unknown_route_and_wrong_method(client) -> None:
 
 
 def test_unexpected_failure_is_a_clean_500(client, app, caplog, monkeypatch) -> None:
-    embedder = app.extensions["zeroth.registry"].get("tiny").embedder
+    embedder = state_of(app).registry.get("tiny").embedder
 
     def broken(*args, **kwargs):
         raise RuntimeError("secret internal detail")
@@ -123,13 +123,14 @@ def test_models_endpoints(client, models_list: Path) -> None:
 def test_health_and_ready(client, models_list: Path) -> None:
     assert client.get("/health").get_json() == {"status": "ok"}
     assert client.get("/ready").status_code == 200
-    app = create_app(models_list, load=False)
+    app = create_app(Settings(models_list=models_list), load=False)
     cold = app.test_client()
     assert cold.get("/health").status_code == 200
     assert cold.get("/ready").status_code == 503
     assert_error(cold.post("/v1/embeddings", json={"input": "cat"}), 503, None, "not_ready")
     assert cold.get("/v1/models").get_json() == {"object": "list", "data": []}
-    set_registry(app, ModelRegistry.load(load_models_list(models_list)))
+    # What a reload does: the holder's registry swapped in one assignment.
+    state_of(app).holder.registry = ModelRegistry.load(load_models_list(models_list))
     assert cold.get("/ready").status_code == 200
     assert cold.post("/v1/embeddings", json={"input": "cat"}).status_code == 200
 
@@ -142,7 +143,7 @@ def _sample(text: str, name: str, **labels: str) -> float:
 
 
 def test_metrics(models_list: Path) -> None:
-    client = create_app(models_list).test_client()
+    client = make_app(models_list).test_client()
     client.post("/v1/embeddings", json={"model": "tiny", "input": ["the cat", "dog"]})
     client.post("/v1/embeddings", json={"model": "tiny", "input": ""})
     client.get("/nowhere")
@@ -159,18 +160,32 @@ def test_metrics(models_list: Path) -> None:
     assert _sample(text, "zeroth_request_duration_seconds_count", endpoint="/v1/embeddings") == 2
     # Unmatched paths share one label, so scanners cannot blow up the series count.
     assert not re.search(r'endpoint="/nowhere"', text)
+    assert _sample(text, "zeroth_requests_total", endpoint="unmatched", status="404") == 1
 
 
-def test_hooks_can_answer_in_openai_shape(models_list: Path) -> None:
-    """The extension point for auth and limits: a before_request hook raising ApiError."""
-    app = create_app(models_list)
-
-    @app.before_request
-    def _deny():
-        if request.path.startswith("/v1/"):
-            raise ApiError(401, "Incorrect API key provided", code="invalid_api_key")
-
-    client = app.test_client()
+def test_refusals_before_any_route_are_answered_and_measured(models_list: Path) -> None:
+    """The key check runs before the route: its 401 is still in OpenAI's shape, and counted
+    under the route it refused (or "unmatched"), like any other answer."""
+    client = make_app(models_list, api_keys=("sk-metrics",)).test_client()
     assert_error(client.post("/v1/embeddings", json={"input": "x"}), 401, None, "invalid_api_key")
-    text = client.get("/metrics").get_data(as_text=True)  # denied too, and measured
+    assert_error(client.get("/v1/models/tiny"), 401, None, "invalid_api_key")
+    assert_error(client.get("/nowhere"), 401, None, "invalid_api_key")
+    resp = client.get("/metrics", headers={"Authorization": "Bearer sk-metrics"})
+    text = resp.get_data(as_text=True)
     assert _sample(text, "zeroth_requests_total", endpoint="/v1/embeddings", status="401") == 1
+    rule = "/v1/models/<path:model_id>"
+    assert _sample(text, "zeroth_requests_total", endpoint=rule, status="401") == 1
+    assert _sample(text, "zeroth_requests_total", endpoint="unmatched", status="401") == 1
+
+
+def test_metrics_dir_is_the_settings_not_the_environment(models_list: Path, tmp_path) -> None:
+    """With metrics_dir set, /metrics merges that folder (where gunicorn's workers write), so
+    this process's own counters do not show; without, they do. PROMETHEUS_MULTIPROC_DIR in the
+    environment is only for prometheus_client itself."""
+    merged = make_app(models_list, metrics_dir=tmp_path).test_client()
+    merged.get("/health")
+    assert _sample(merged.get("/metrics").get_data(as_text=True), "zeroth_requests_total") == 0
+    own = make_app(models_list).test_client()
+    own.get("/health")
+    text = own.get("/metrics").get_data(as_text=True)
+    assert _sample(text, "zeroth_requests_total", endpoint="/health", status="200") == 1

@@ -7,9 +7,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import make_app
 from werkzeug.serving import make_server
 
 from zeroth.auth import AuthConfigError, KeyChecker, bearer_token, load_keys
+from zeroth.settings import Settings
 
 KEYS = ["sk-first", "second key with spaces", "clé-ünïcødé-🔑"]
 GOOD_BODY = {"input": "the cat", "model": "tiny"}
@@ -17,9 +19,7 @@ GOOD_BODY = {"input": "the cat", "model": "tiny"}
 
 @pytest.fixture(scope="module")
 def keyed_app(models_list: Path):
-    from server import create_app
-
-    app = create_app(models_list, api_keys=[k.encode() for k in KEYS])
+    app = make_app(models_list, api_keys=tuple(KEYS))
     app.config["TESTING"] = True
     return app
 
@@ -170,28 +170,38 @@ def test_keys_from_env_and_file(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     env = {"ZEROTH_API_KEYS": " sk-env-one , sk-env-two\n", "ZEROTH_API_KEYS_FILE": str(key_file)}
-    assert load_keys(env) == [
+    settings = Settings.from_env(env)
+    assert load_keys(settings.api_keys, settings.api_keys_file) == [
         b"sk-env-one",
         b"sk-env-two",
         b"sk-file-one",
         b"sk-file,two",  # a comma is part of a key in the file
         "ключ".encode(),
     ]
-    assert load_keys({}) == []
-    assert load_keys({"ZEROTH_API_KEYS": " , \n"}) == []
+    assert load_keys() == []
+    blank = Settings.from_env({"ZEROTH_API_KEYS": " , \n"})
+    assert load_keys(blank.api_keys, blank.api_keys_file) == []
 
 
 def test_key_file_problems_are_one_line_errors(tmp_path: Path) -> None:
     missing = tmp_path / "nope.txt"
     with pytest.raises(AuthConfigError, match=r"ZEROTH_API_KEYS_FILE=.*nope.txt: No such file"):
-        load_keys({"ZEROTH_API_KEYS_FILE": str(missing)})
+        load_keys(keys_file=missing)
     empty = tmp_path / "empty.txt"
     empty.write_text("# only a comment\n\n")
     with pytest.raises(AuthConfigError, match="holds no keys"):
-        load_keys({"ZEROTH_API_KEYS_FILE": str(empty)})
+        load_keys(("sk-from-env",), empty)
+
+
+def test_missing_key_file_stops_the_app_before_loading_models(tmp_path: Path) -> None:
+    # The models list does not exist either: the key file must be the error reported.
+    with pytest.raises(AuthConfigError, match="ZEROTH_API_KEYS_FILE="):
+        make_app(tmp_path / "absent.yaml", api_keys_file=tmp_path / "absent-keys")
 
 
 def test_missing_key_file_stops_start_up(models_list: Path, monkeypatch, tmp_path, capsys) -> None:
+    """server.py is the shell that reads the environment (Settings.from_env), as gunicorn and
+    `python server.py` run it; so here, and only here, the test sets variables."""
     import server
 
     monkeypatch.setenv("ZEROTH_API_KEYS_FILE", str(tmp_path / "absent"))

@@ -198,8 +198,13 @@ def test_a_check_recorded_at_extraction_holds_only_for_that_file(tmp_path, monke
     assert twin is None and "normalizer" in why
 
 
-def test_switched_off(monkeypatch, tmp_path):
-    monkeypatch.setenv("ZEROTH_FAST_TOKENIZER", "0")
+def test_twin_not_asked_for(tmp_path):
+    """use_twin=False (what ZEROTH_FAST_TOKENIZER=0 was): `tokenizers` alone, same ids."""
     path = train_byte_level_bpe(tmp_path / "tokenizer.json")
-    twin, why = exact_twin(path, True, reference_of(path))
-    assert twin is None and "ZEROTH_FAST_TOKENIZER" in why
+    reference = reference_of(path)
+    texts = [*EDGE_TEXTS, *random_texts(50, seed=5)]
+    assert TextTokenizer.from_file(path, True).twin is not None
+    plain = TextTokenizer.from_file(path, True, use_twin=False)
+    assert plain.twin is None and plain.route.startswith("tokenizers")
+    assert plain.tokenize(texts) == reference(texts)
+    assert as_lists(plain.tokenize_arrays(texts)) == reference(texts)

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from zeroth.config import load_models_list, parse_models_list
+from zeroth.settings import Settings, env_name
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -338,6 +339,27 @@ def test_compose_matches_the_image(stages, image_env) -> None:
     assert seconds(svc["stop_grace_period"]) > graceful
 
 
+def test_every_variable_set_is_a_setting_and_valid(stages, container) -> None:
+    """Settings.from_env ignores variables it does not know, so a misspelt ZEROTH_* in a
+    deployment file would silently keep the default: each must be one of the settings."""
+    known = {env_name(field) for field in Settings.model_fields}
+    compose = yaml.safe_load(COMPOSE.read_text())
+    (svc,) = compose["services"].values()
+    envs = {
+        "Dockerfile cpu": stage_env(stages, "cpu"),
+        "Dockerfile gpu": stage_env(stages, "gpu"),
+        "docker-compose.yaml": {k: compose_defaults(str(v)) for k, v in svc["environment"].items()},
+        "deployment.yaml": container_env(container),
+    }
+    for where, env in envs.items():
+        ours = {k for k in env if k.startswith("ZEROTH_") or k == "MODELS_LIST"}
+        assert ours, where
+        assert ours <= known, f"{where}: {sorted(ours - known)} are not settings"
+        settings = Settings.from_env(env)  # a bad value raises ConfigError naming it
+        if "ZEROTH_WORKERS" in env:
+            assert settings.workers == int(env["ZEROTH_WORKERS"]), where
+
+
 # --- Deployment and friends -----------------------------------------------------------------
 
 
@@ -350,12 +372,12 @@ def probes(container: dict) -> dict[str, dict]:
 
 
 def test_probe_paths_are_served_without_credentials(models_list: Path, container) -> None:
-    from server import create_app
+    from conftest import make_app
 
     paths = {p["path"] for p in probes(container).values()}
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
-    app = create_app(models_list, api_keys=[b"deploy-test-key"])
+    app = make_app(models_list, api_keys=("deploy-test-key",))
     routes = {rule.rule for rule in app.url_map.iter_rules()}
     client = app.test_client()
     for path in paths:

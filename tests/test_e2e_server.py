@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 import sys
-import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,14 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.common import free_port
+from zeroth.launch import GunicornServer
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "models" / "smollm2-135m"
 GGUF = ROOT / ".cache" / "weights" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-PORTS = range(18010, 18100)
 TEXTS = [
     "The food was delicious and the waiter was friendly.",
     "Embeddings map text to vectors.",
@@ -35,10 +34,6 @@ TEXTS = [
     "def add(a, b):\n    return a + b",
     "a",
 ]
-
-
-def _free_port() -> int:
-    return free_port(PORTS)
 
 
 def _ensure_default_model() -> None:
@@ -76,41 +71,16 @@ def tiktoken_cache() -> Path:
 @pytest.fixture(scope="session")
 def server_url(tmp_path_factory, tiktoken_cache: Path) -> Iterator[str]:
     _ensure_default_model()
-    port = _free_port()
-    log = tmp_path_factory.mktemp("gunicorn") / "server.log"
-    env = {
-        **os.environ,
-        "ZEROTH_BIND": f"127.0.0.1:{port}",
-        "ZEROTH_WORKERS": "2",
-        "MODELS_LIST": str(ROOT / "models_list.yaml"),
-        "TIKTOKEN_CACHE_DIR": str(tiktoken_cache),
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "server:app"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"gunicorn exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if _get(f"{url}/ready")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready within 60 s:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    server = GunicornServer(
+        ROOT / "models_list.yaml",
+        workers=2,
+        # Empty: a fresh metrics folder for this server even if this shell names one.
+        env={"TIKTOKEN_CACHE_DIR": str(tiktoken_cache), "PROMETHEUS_MULTIPROC_DIR": ""},
+        log_path=tmp_path_factory.mktemp("gunicorn") / "server.log",
+        ready_timeout=60,
+    )
+    with server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")
@@ -299,8 +269,9 @@ def test_metrics_aggregate_across_workers(server_url: str) -> None:
 
 
 def test_parity_with_the_full_hf_model(server_url: str, capsys) -> None:
-    """bench.parity: the served vectors equal the whole source model's hooked computation."""
-    from bench.parity import main as parity
+    """zeroth.evaluation.parity: the served vectors equal the whole source model's hooked
+    computation."""
+    from zeroth.evaluation.parity import main as parity
 
     rc = parity(
         ["--api_url", f"{server_url}/v1", "--checkpoint", str(MODEL_DIR), "--json"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -12,10 +14,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import eval_tasks as et
-from bench.evaluate import api_encoder, checkpoint_encoder, evaluate, main
 from tests.test_postprocess import make_checkpoint
+from zeroth.checkpoint import Checkpoint
+from zeroth.evaluation import tasks as et
+from zeroth.evaluation.harness import (
+    api_encoder,
+    checkpoint_encoder,
+    decode_embedding,
+    evaluate,
+    main,
+)
 from zeroth.model import StaticEmbedder
+
+REPO = Path(__file__).resolve().parents[1]
 
 STS = [  # (gold, s1, s2): the gold order is the order of the angles the mock encoder assigns
     (5.0, "the cat sat", "the cat sat on the mat"),
@@ -254,14 +265,7 @@ def api_server(tiny_ckpt):
         (_EmbeddingsHandler,),
         {"model": StaticEmbedder.from_pretrained(tiny_ckpt), "requests": []},
     )
-    server = None
-    for port in range(18200, 18300):  # this helper's port range
-        try:
-            server = ThreadingHTTPServer(("127.0.0.1", port), handler)
-            break
-        except OSError:
-            continue
-    assert server is not None, "no free port in 18200-18299"
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)  # a port the kernel picks
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}/v1", handler.requests
@@ -290,9 +294,66 @@ def test_cli_rejects_api_without_model(capsys):
     assert "--model" in capsys.readouterr().err
 
 
-def test_decode_embedding_accepts_base64_and_floats():
-    from bench.evaluate import decode_embedding
+def test_runs_as_a_module(tiny_ckpt, eval_dir):
+    """`python -m zeroth.evaluation`, as the README shows it (bench/ is not needed)."""
+    argv = ["--checkpoint", str(tiny_ckpt), "--eval-dir", str(eval_dir), "--no-progress"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "zeroth.evaluation", *argv, "--tasks", "stsb", "--label", "t"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    header, _, row = proc.stdout.splitlines()
+    assert header == "| model | STS-B dev |" and row.startswith("| t | ")
 
+
+def test_decode_embedding_accepts_base64_and_floats():
     v = np.array([0.5, -1.25, 3.0], dtype="<f4")
     np.testing.assert_array_equal(decode_embedding(base64.b64encode(v.tobytes()).decode()), v)
     np.testing.assert_array_equal(decode_embedding([0.5, -1.25, 3.0]), v)
+
+
+def test_quality_table_scores_each_variant(tmp_path, eval_dir, monkeypatch):
+    """zeroth.evaluation.quality_table: one row per post-processing variant of a seed."""
+    from extract import postprocess
+    from zeroth.evaluation import quality_table
+
+    # The real prior tokenises 200k words; 5k cover the same code (as in test_postprocess).
+    monkeypatch.setattr(postprocess, "PRIOR_WORDS", 5000)
+    seed = tmp_path / "seed"
+    make_checkpoint(seed, add_bos=True)
+    md, js = tmp_path / "q.md", tmp_path / "q.json"
+    variants = ["seed", "sif", "center", "corpus"]
+    tasks = ["stsb", "sick"]
+    argv = ["--base", f"tiny={seed}", "--variants", *variants, "--tasks", *tasks]
+    argv += ["--eval-dir", str(eval_dir), "--markdown", str(md), "--json", str(js)]
+    assert quality_table.main(argv) == 0
+    records = json.loads(js.read_text())
+    assert [r["variant"] for r in records] == variants
+    assert {(r["base"], r["norm"]) for r in records} == {("tiny", "final")}
+    assert records[3]["flags"][:1] == ["--corpus"]
+    assert records[3]["flags"][1].endswith("stsb-train-sentences.txt")
+    table = md.read_text().splitlines()
+    assert table[0] == "| model | STS-B dev | SICK-R trial |" and len(table) == 2 + len(variants)
+    assert table[2].startswith("| tiny (final norm): plain mean, no post-processing |")
+    # The seed variant changes nothing: it scores as the checkpoint itself does.
+    direct = evaluate(checkpoint_encoder(seed, progress=False), tasks, eval_dir, progress=False)
+    for task in tasks:
+        main_metric = et.TASKS[task].main
+        assert records[0]["tasks"][task][main_metric] == pytest.approx(direct[task][main_metric])
+
+    # Each of the others changes the vectors (5 pairs rank too coarsely to show it).
+    base = Checkpoint.from_pretrained(seed)
+    texts = [a for _, a, _ in STS] + [b for _, _, b in SICK]
+    plain = StaticEmbedder.from_pretrained(seed).encode(texts)
+    corpus = quality_table.stsb_train_corpus(eval_dir, tmp_path / "corpus.txt")
+    s1, s2, _ = et.load_stsb(eval_dir / "stsbenchmark" / "sts-train.csv")
+    lines = corpus.read_text().splitlines()  # every train sentence once, unlabelled
+    assert set(lines) == set(s1 + s2) and len(lines) == len(set(lines))
+    for name in variants:
+        flags = [f.replace("{corpus}", str(corpus)) for f in quality_table.VARIANTS[name][1]]
+        encode, _ = quality_table.variant_encoder(base, flags, eval_dir)
+        changed = np.abs(encode(texts) - plain).max() > 1e-4
+        assert changed == (name != "seed"), name

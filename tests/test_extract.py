@@ -17,14 +17,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from bench.parity import hooked_norm_outputs
 from extract.aliases import add_aliases
-from extract.cli import main
+from extract.cli import build_parser, main
 from extract.errors import ExtractError
-from extract.mergekit_run import CONFIGS_DIR, render_config
+from extract.mergekit_run import CONFIGS_DIR, SLICE_TEMPLATES, render_config
 from extract.prune import read_embed_and_norm
 from tests.tiny_models import SENTENCES, SPECS, VOCAB_SIZE, save_tiny_model
-from zeroth.families import FAMILIES
+from zeroth.evaluation.parity import hooked_norm_outputs
+from zeroth.families import FAMILIES, HF_DECODER, TensorNames
 from zeroth.manifest import Manifest
 from zeroth.model import StaticEmbedder
 
@@ -108,7 +108,7 @@ def test_manifest_records_family_conventions(tiny, tmp_path, capsys):
     )
     assert m.tokenizer.add_special_tokens
     assert (m.source.kind, m.source.id) == ("hf_dir", str(tiny["gemma3"]))
-    assert m.extraction["layer_range"] == [0, 1] and m.extraction["template"] == "gemma3.yaml"
+    assert m.extraction["layer_range"] == [0, 1] and m.extraction["template"] == "layer0.yaml"
     assert {"mergekit", "transformers", "torch", "safetensors", "zeroth"} <= set(m.tools)
     assert m.openvino is None
     # Only the two kept tensors, and the tokenizer files that serve them.
@@ -122,6 +122,7 @@ def test_manifest_records_family_conventions(tiny, tmp_path, capsys):
     m = Manifest.read(llama)
     assert (m.embed_scale, m.norm.offset, m.norm.source) == (1.0, 0.0, "final")
     assert m.extraction["layer_range"] == [0, 0]
+    assert m.extraction["template"] == "final-norm.yaml"
 
 
 def test_dtype_options(tiny, tmp_path, capsys):
@@ -180,6 +181,26 @@ def test_prune_reports_missing_tensor(tiny, tmp_path):
     assert embed.shape == (VOCAB_SIZE, 64) and norm.shape == (64,)
     save_file({"model.embed_tokens.weight": embed}, str(tmp_path / "model.safetensors"))
     with pytest.raises(ExtractError, match=r"missing tensor\(s\) model.norm.weight"):
+        read_embed_and_norm(tmp_path, "final")
+
+
+def test_prune_reads_the_tensor_names_it_is_given(tiny, tmp_path):
+    """A family whose checkpoints nest the decoder (Gemma 3's multimodal ones do) only needs
+    other TensorNames: the names come from the family, not from extract/prune.py."""
+    tensors = load_file(str(tiny["llama"] / "model.safetensors"))
+    nested = {f"language_model.{k}": v for k, v in tensors.items()}
+    save_file(nested, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    names = TensorNames(
+        embed="language_model.model.embed_tokens.weight",
+        final_norm="language_model.model.norm.weight",
+        layer0="language_model.model.layers.0.",
+        layer0_norm="language_model.model.layers.0.input_layernorm.weight",
+    )
+    for norm, key in (("final", "model.norm.weight"), ("layer0", HF_DECODER.layer0_norm)):
+        embed, weight = read_embed_and_norm(tmp_path, norm, names)
+        torch.testing.assert_close(embed, tensors[HF_DECODER.embed])
+        torch.testing.assert_close(weight, tensors[key])
+    with pytest.raises(ExtractError, match=r"missing tensor\(s\) model.embed_tokens.weight"):
         read_embed_and_norm(tmp_path, "final")
 
 
@@ -326,38 +347,58 @@ def test_cli_alias_writes_models_list(tiny, tmp_path, capsys):
     assert models == {"x": {"path": "models/tiny"}, "y": {"path": "models/tiny"}}
 
 
-def test_templates_cover_every_family():
-    for family in FAMILIES.values():
-        config = render_config(family.template, Path("/a+b@c"), 1)
-        assert config["merge_method"] == "passthrough"
+def test_one_template_per_slice():
+    """--norm picks the slice; every family uses the same templates (tensor names are the
+    family's TensorNames, not a template of its own)."""
+    norms = next(a for a in build_parser()._actions if a.dest == "norm").choices
+    assert set(SLICE_TEMPLATES) == set(norms)
+    assert {p.stem for p in CONFIGS_DIR.glob("*.yaml")} == set(SLICE_TEMPLATES.values())
+    for norm, template in SLICE_TEMPLATES.items():
+        config = render_config(template, Path("/a+b@c"), "bfloat16")
+        assert config["merge_method"] == "passthrough" and config["dtype"] == "bfloat16"
         (source,) = config["slices"][0]["sources"]
-        assert source == {"model": {"model": {"path": "/a+b@c"}}, "layer_range": [0, 1]}
-        raw = (CONFIGS_DIR / f"{family.template}.yaml").read_text()
-        assert "mergekit-yaml configs/" in raw and "EDIT" in raw
+        # [0, 0]: the embeddings and the final norm; [0, 1]: layer 0 (and its input norm) too.
+        layers = 0 if norm == "final" else 1
+        assert source == {"model": {"model": {"path": "/a+b@c"}}, "layer_range": [0, layers]}
+        raw = (CONFIGS_DIR / f"{template}.yaml").read_text()
+        assert f"python -m extract.mergekit_run configs/{template}.yaml" in raw and "EDIT" in raw
+    for family in FAMILIES.values():
+        assert family.tensors.norm("final") == family.tensors.final_norm
+        assert family.tensors.norm("layer0") == family.tensors.layer0_norm
+        assert family.tensors.layer0_norm.startswith(family.tensors.layer0)
+
+
+def _by_hand(cmd: list[str], template: str, source: Path, out: Path, tmp_path: Path) -> None:
+    text = (CONFIGS_DIR / f"{template}.yaml").read_text()
+    config = tmp_path / f"{out.name}.yaml"
+    config.write_text(text.replace("/path/to/hf-model", str(source)))
+    proc = subprocess.run(
+        [*cmd, str(config), str(out), "--no-write-model-card"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_templates_usable_by_hand(tiny, tmp_path):
-    """The documented by-hand commands: mergekit-yaml, and the fixed runner for Gemma 3."""
-    for family, cmd in (
-        ("llama", [str(Path(sys.executable).parent / "mergekit-yaml")]),
-        ("gemma3", [sys.executable, "-m", "extract.mergekit_run"]),
-    ):
-        text = (CONFIGS_DIR / f"{family}.yaml").read_text()
-        config = tmp_path / f"{family}-config.yaml"
-        source = shutil.copytree(tiny[family], tmp_path / family)  # a path without "+" or "@"
-        config.write_text(text.replace("/path/to/hf-model", str(source)))
-        out = tmp_path / f"{family}-out"
-        proc = subprocess.run(
-            [*cmd, str(config), str(out), "--no-write-model-card"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        embed, norm = read_embed_and_norm(out, "layer0")
-        assert embed.shape == (VOCAB_SIZE, 64)
-        assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 1
+    """The documented by-hand commands: the fixed runner on every slice (Gemma 3, whose
+    `layer_types` plain mergekit-yaml fails to write), and plain mergekit-yaml for Llama."""
+    runner = [sys.executable, "-m", "extract.mergekit_run"]
+    mergekit_yaml = [str(Path(sys.executable).parent / "mergekit-yaml")]
+    # Paths without "+" or "@", which mergekit would read as a LoRA or a revision.
+    gemma3 = shutil.copytree(tiny["gemma3"], tmp_path / "gemma3")
+    llama = shutil.copytree(tiny["llama"], tmp_path / "llama")
+    runs = [(runner, norm, template, gemma3) for norm, template in SLICE_TEMPLATES.items()]
+    runs.append((mergekit_yaml, "final", "final-norm", llama))
+    for cmd, norm, template, source in runs:
+        out = tmp_path / f"{source.name}-{template}-{Path(cmd[-1]).name}"
+        _by_hand(cmd, template, source, out, tmp_path)
+        embed, weight = read_embed_and_norm(out, norm)
+        assert embed.shape == (VOCAB_SIZE, 64) and weight.shape == (64,)
+        layers = json.loads((out / "config.json").read_text())["num_hidden_layers"]
+        assert layers == (0 if norm == "final" else 1), (template, source.name)
 
 
 @pytest.mark.parametrize("weights", ["fp32", "fp16", "int8"])

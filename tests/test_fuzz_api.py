@@ -14,10 +14,9 @@ import math
 import numpy as np
 import orjson
 import pytest
+from conftest import make_app
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from server import create_app
 
 KEY = "sk-fuzz-ключ"
 AUTH = {"Authorization": "Bearer " + KEY.encode().decode("latin-1")}
@@ -54,7 +53,7 @@ token_ids = st.integers(min_value=-(2**64), max_value=2**64) | st.integers(-3, 6
 
 @pytest.fixture(scope="module")
 def fuzz_app(models_list):
-    app = create_app(models_list, api_keys=[KEY.encode()], max_body_bytes=11 * 1024 * 1024)
+    app = make_app(models_list, api_keys=(KEY,), max_body_bytes=11 * 1024 * 1024)
     app.config["TESTING"] = True
     return app
 

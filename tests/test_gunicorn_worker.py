@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.common import free_port
 from tests.conftest import write_models_list
+from zeroth.launch import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -34,8 +34,7 @@ from index.sources import (
     read_documents,
     to_documents,
 )
-from server import create_app
-from tests.conftest import WORDS
+from tests.conftest import WORDS, make_app
 from zeroth.model import StaticEmbedder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,7 +283,7 @@ def scifact_docs() -> list[dict]:
 def test_scifact_vectors_equal_the_servers(tmp_path, scifact_docs):
     models_list = tmp_path / "models_list.yaml"
     models_list.write_text(f"models:\n  m:\n    path: {MODEL_DIR}\n")
-    client = create_app(models_list).test_client()
+    client = make_app(models_list).test_client()
     docs = scifact_docs[:64]
     texts = [join_fields([d["title"], d["text"]]) for d in docs] + EDGE_TEXTS
     ids = [d["_id"] for d in docs] + [f"edge{i}" for i in range(len(EDGE_TEXTS))]
@@ -429,14 +428,18 @@ def wait_for_session_to_end(sid: int, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
+def synthetic_texts(length: int, count: int, seed: int = 0) -> list[str]:
+    """`count` texts of `length` common words (about as many tokens)."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(WORDS, k=length)) for _ in range(count)]
+
+
 def scifact_or_synthetic() -> list[dict]:
     """SciFact where the eval data is present; else as many synthetic documents of its size,
     so that the interruption test runs on any checkout."""
     if SCIFACT.is_file():
         with gzip.open(SCIFACT, "rt", encoding="utf-8") as f:
             return [json.loads(line) for line in f]
-    from bench.common import synthetic_texts
-
     texts = synthetic_texts(250, count=5183)
     return [{"_id": str(i), "title": f"doc {i}", "text": t} for i, t in enumerate(texts)]
 

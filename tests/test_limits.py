@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import write_models_list
+from conftest import make_app, write_models_list
 from test_api_embeddings import assert_error
 
-from server import create_app
 from zeroth.config import (
     DEFAULT_MAX_INPUTS,
     DEFAULT_MAX_TOTAL_TOKENS,
@@ -27,7 +26,7 @@ def limited(tmp_path_factory, tiny_ckpt: Path):
             "limits": {"max_inputs": 3, "max_total_tokens": 10},
         },
     )
-    return create_app(path, max_body_bytes=4096).test_client()
+    return make_app(path, max_body_bytes=4096).test_client()
 
 
 def test_defaults_are_openais(models_list: Path) -> None:

@@ -15,14 +15,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import write_models_list
+from conftest import make_app, write_models_list
 from test_api_embeddings import assert_error
 
 import zeroth.api.routes as routes
-from server import create_app
-from zeroth.registry import newest_version
+from zeroth.api.state import state_of
+from zeroth.config import ConfigError
+from zeroth.launch import free_port, server_env, start_process, stop_process, wait_ready
+from zeroth.registry import ModelRegistry, RegistryHolder, newest_version
+from zeroth.reload import Reloader
 
-ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-admin"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -34,7 +36,7 @@ def _list(path: Path, models: dict) -> Path:
 @pytest.fixture
 def setup(tmp_path: Path, tiny_ckpt: Path, tiny_ckpt_weighted: Path):
     path = _list(tmp_path / "models_list.yaml", {"m": {"path": str(tiny_ckpt)}})
-    app = create_app(path, api_keys=[KEY.encode()])
+    app = make_app(path, api_keys=(KEY,))
     return app, path, tiny_ckpt, tiny_ckpt_weighted
 
 
@@ -71,12 +73,12 @@ def test_admin_reload_swaps_in_the_new_list(setup) -> None:
 def test_broken_list_keeps_the_old_models(setup, broken: str, reason: str) -> None:
     app, path, *_ = setup
     client = app.test_client()
-    before = app.extensions[routes.REGISTRY]
+    before = state_of(app).registry
     path.write_text(broken)
     msg = assert_error(client.post("/admin/reload", headers=AUTH), 400, None, "reload_failed")
     assert msg.startswith("Reload failed; still serving the previous models: ")
     assert reason in msg and "\n" not in msg
-    assert app.extensions[routes.REGISTRY] is before
+    assert state_of(app).registry is before
     assert client.post("/v1/embeddings", json={"input": "cat"}, headers=AUTH).status_code == 200
 
 
@@ -87,7 +89,7 @@ def test_admin_reload_needs_a_key(setup, models_list: Path) -> None:
     assert client.post("/admin/reload", headers={"Authorization": "Bearer no"}).status_code == 401
     assert client.get("/admin/reload", headers=AUTH).status_code == 405
     # Without keys nobody may make the server load models over HTTP.
-    open_app = create_app(models_list).test_client()
+    open_app = make_app(models_list).test_client()
     assert_error(open_app.post("/admin/reload"), 403, None, "admin_disabled")
 
 
@@ -154,7 +156,7 @@ def test_numbered_versions_serve_the_newest(tmp_path: Path, tiny_ckpt: Path, tin
     assert newest_version(versions) == versions / "1"
     assert newest_version(tiny_ckpt) == tiny_ckpt
     path = _list(tmp_path / "models_list.yaml", {"m": {"path": "versions"}})
-    app = create_app(path, api_keys=[KEY.encode()])
+    app = make_app(path, api_keys=(KEY,))
     client = app.test_client()
     assert (
         len(
@@ -170,18 +172,49 @@ def test_numbered_versions_serve_the_newest(tmp_path: Path, tiny_ckpt: Path, tin
     assert len(vec["data"][0]["embedding"]) == 8
 
 
+def test_reloader_swaps_the_holder_and_keeps_it_on_failure(tmp_path, tiny_ckpt, tiny_ckpt_weighted):
+    path = _list(tmp_path / "models_list.yaml", {"m": {"path": str(tiny_ckpt)}})
+    holder = RegistryHolder(ModelRegistry.empty())
+    reloader = Reloader(path, holder)
+    first = reloader.reload()
+    assert holder.registry is first and [m.alias for m in first] == ["m"]
+    _list(path, {"m": {"path": str(tiny_ckpt_weighted)}, "n": {"path": str(tiny_ckpt)}})
+    second = reloader.reload()
+    assert holder.registry is second and second.get("m").native_dim == 8
+    path.write_text("models: [\n")
+    with pytest.raises(ConfigError):
+        reloader.reload()
+    assert holder.registry is second
+
+
+def test_admin_reload_signals_the_gunicorn_master(setup) -> None:
+    """Under gunicorn each worker knows its master (gunicorn.conf.py's post_fork): a reload
+    through one worker reloads here, then SIGHUPs the master to replace every worker."""
+    app, path, _, tiny8 = setup
+    # A stand-in master: SIGHUP's default action ends it, which shows the signal was sent.
+    master = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        state_of(app).reloader.master_pid = master.pid
+        _list(path, {"m": {"path": str(tiny8)}})
+        resp = app.test_client().post("/admin/reload", headers=AUTH)
+        assert resp.status_code == 200, resp.get_json()
+        assert resp.get_json()["workers"] == "replacing"
+        assert master.wait(10) == -signal.SIGHUP
+        assert state_of(app).registry.get("m").native_dim == 8
+    finally:
+        master.kill()
+        master.wait()
+
+
 @pytest.mark.slow
 def test_sighup_reloads_the_dev_server(tmp_path: Path, tiny_ckpt: Path, tiny_ckpt_weighted):
     """`python server.py` in its own process: a signal handler in this test process would be
     at the mercy of whatever native libraries earlier tests loaded."""
-    from bench.loadtest import free_port
-
     path = _list(tmp_path / "models_list.yaml", {"m": {"path": str(tiny_ckpt)}})
     port = free_port()
     log = tmp_path / "server.log"
     cmd = [sys.executable, "server.py", "--models-list", str(path), "--port", str(port)]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    proc = start_process(cmd, server_env(), log)
     url = f"http://127.0.0.1:{port}/v1/models"
 
     def served() -> list[str]:
@@ -201,7 +234,8 @@ def test_sighup_reloads_the_dev_server(tmp_path: Path, tiny_ckpt: Path, tiny_ckp
         return got
 
     try:
-        assert wait_for(["m"]) == ["m"]
+        wait_ready(f"http://127.0.0.1:{port}/ready", 60, proc, log)
+        assert served() == ["m"]
         path.write_text("models: [\n")  # broken: logged, the old models stay
         proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 30
@@ -213,5 +247,4 @@ def test_sighup_reloads_the_dev_server(tmp_path: Path, tiny_ckpt: Path, tiny_ckp
         proc.send_signal(signal.SIGHUP)
         assert wait_for(["m", "n"]) == ["m", "n"]
     finally:
-        proc.terminate()
-        proc.wait(20)
+        stop_process(proc, 20)

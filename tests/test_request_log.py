@@ -8,8 +8,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from conftest import make_app
 
-from server import create_app
 from zeroth.api.request_log import log as request_logger
 
 SECRET_TEXT = "the quick brown cat sat on the mat"
@@ -84,17 +84,15 @@ def test_request_id_is_echoed_only_when_short_and_printable(app, lines, given, k
         assert re.fullmatch(r"[0-9a-f]{32}", echoed)
 
 
-def test_inputs_logged_only_when_asked(models_list: Path, lines, monkeypatch) -> None:
-    monkeypatch.setenv("ZEROTH_LOG_INPUTS", "1")
-    client = create_app(models_list).test_client()
+def test_inputs_logged_only_when_asked(models_list: Path, lines) -> None:
+    client = make_app(models_list, log_inputs=True).test_client()
     client.post("/v1/embeddings", json={"input": SECRET_TEXT})
     client.post("/v1/embeddings", json={"input": [[2, 3]]})
     assert [r["input"] for r in lines] == [[SECRET_TEXT], [[2, 3]]]
 
 
-def test_request_log_can_be_switched_off(models_list: Path, lines, monkeypatch) -> None:
-    monkeypatch.setenv("ZEROTH_REQUEST_LOG", "0")
-    resp = create_app(models_list).test_client().get("/v1/models")
+def test_request_log_can_be_switched_off(models_list: Path, lines) -> None:
+    resp = make_app(models_list, request_log=False).test_client().get("/v1/models")
     assert lines == [] and resp.headers["X-Request-ID"]
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import TINY_DIM, write_models_list
+from conftest import TINY_DIM, make_app, write_models_list
 
 import server
 from zeroth.config import DEFAULT_MAX_TOKENS, ConfigError, load_models_list
 from zeroth.registry import ModelRegistry
+from zeroth.settings import Settings
 
 
 def _load_error(path: Path) -> str:
@@ -119,13 +120,20 @@ def test_start_up_option_errors(tmp_path: Path, tiny_ckpt: Path, monkeypatch) ->
         tmp_path / "b.yaml", {"models": {"ov": {"path": str(tiny_ckpt), "backend": "openvino"}}}
     )
     assert "models.ov: cannot load" in _load_error(no_ir)
-    # A tiktoken encoding whose file is not cached fails without reaching for the network.
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
+    # A tiktoken encoding whose file is not cached (in the settings' folder) fails without
+    # reaching for the network.
     tk = write_models_list(
         tmp_path / "c.yaml",
         {"models": {"tk": {"path": str(tiny_ckpt), "token_ids": "tiktoken:o200k_base"}}},
     )
-    assert "models.tk.token_ids: tiktoken encoding 'o200k_base' is not cached" in _load_error(tk)
+    empty = tmp_path / "empty-cache"
+    # tiktoken reads only its own variable, which create_app sets: restored after the test.
+    monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)
+    with pytest.raises(ConfigError) as info:
+        make_app(tk, tiktoken_cache_dir=empty)
+    assert f"models.tk.token_ids: tiktoken encoding 'o200k_base' is not cached in {empty}" in str(
+        info.value
+    )
 
 
 def test_module_app_exits_with_one_line(tmp_path: Path, monkeypatch) -> None:
@@ -137,12 +145,24 @@ def test_module_app_exits_with_one_line(tmp_path: Path, monkeypatch) -> None:
     assert "app" not in vars(server)
 
 
-def test_models_list_path_precedence(monkeypatch) -> None:
+def test_models_list_precedence(monkeypatch) -> None:
+    """--models-list (python server.py), else $MODELS_LIST, else ./models_list.yaml. server.py
+    is the shell that reads the environment, so this test sets the variable."""
+    chosen: list[Path] = []
+
+    def capture(settings: Settings):
+        chosen.append(settings.models_list)
+        raise ConfigError("stop before serving")
+
+    monkeypatch.setattr(server, "create_app", capture)
     monkeypatch.delenv("MODELS_LIST", raising=False)
-    assert server.models_list_path() == Path("models_list.yaml")
+    assert Settings.from_env().models_list == Path("models_list.yaml")
     monkeypatch.setenv("MODELS_LIST", "/etc/zeroth.yaml")
-    assert server.models_list_path() == Path("/etc/zeroth.yaml")
-    assert server.models_list_path("cli.yaml") == Path("cli.yaml")
+    for argv in ([], ["--models-list", "cli.yaml"]):
+        with pytest.raises(SystemExit) as info:
+            server.main(argv)
+        assert info.value.code == 1
+    assert chosen == [Path("/etc/zeroth.yaml"), Path("cli.yaml")]
 
 
 def test_checked_in_models_list_is_valid() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -80,7 +80,9 @@ class Settings(BaseModel):
     log_inputs: bool = Field(
         False, **_env("ZEROTH_LOG_INPUTS", "put the input texts in that line (off: never)")
     )
-    log_level: str = Field("info", **_env("ZEROTH_LOG_LEVEL", "gunicorn's and the app's level"))
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", **_env("ZEROTH_LOG_LEVEL", "gunicorn's and the app's level")
+    )
     access_log: str | None = Field(
         None,
         **_env(
@@ -124,6 +126,8 @@ class Settings(BaseModel):
                 continue
             if name == "api_keys":
                 data[name] = tuple(k.strip() for k in value.replace(",", "\n").splitlines())
+            elif name == "log_level":
+                data[name] = value.lower()
             else:
                 data[name] = value
         try:

@@ -76,9 +76,11 @@ def write_line(
 
 def configure(enabled: bool) -> None:
     """Send the lines to stderr as bare JSON, without the prefix of the server's other logs."""
-    if enabled and not log.handlers:
+    if not enabled:
+        return
+    log.setLevel(logging.INFO)
+    if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
-        log.setLevel(logging.INFO)
         log.propagate = False
