@@ -1,15 +1,14 @@
-"""zeroth/gunicorn_worker.py under a real gunicorn: keep-alive, pipelining, stalled clients and
-how connections spread over the workers."""
+"""zeroth/gunicorn_worker.py under a real gunicorn: keep-alive, pipelining, stalled clients, how
+connections spread over the workers, and the lean HTTP route against gunicorn's own parser."""
 
 from __future__ import annotations
 
 import os
 import re
 import socket
-import subprocess
-import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -18,14 +17,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.common import free_port
-from tests.conftest import write_models_list
+from tests.conftest import write_models_list, write_tiny_checkpoint
+from zeroth.launch import GunicornServer
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-PORTS = range(18700, 18800)
 IO_TIMEOUT = 1.5
+# What every server here runs with; PROMETHEUS_MULTIPROC_DIR empty: a fresh folder of its own.
+ENV = {
+    "ZEROTH_IO_TIMEOUT": str(IO_TIMEOUT),
+    "ZEROTH_REQUEST_LOG": "0",
+    "ZEROTH_MAX_BODY_BYTES": "4096",
+    "PROMETHEUS_MULTIPROC_DIR": "",
+}
 
 
 def _request(text: str) -> bytes:
@@ -61,14 +65,16 @@ def _read_response(sock: socket.socket, buf: bytearray) -> tuple[int, bytes]:
 
 
 class Server:
-    def __init__(self, proc: subprocess.Popen, port: int, log: Path) -> None:
-        self.proc, self.port, self.log = proc, port, log
+    """A started GunicornServer, seen from raw sockets."""
+
+    def __init__(self, server: GunicornServer) -> None:
+        self.server, self.port = server, server.port
 
     def connect(self) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=10)
 
     def workers(self) -> list[psutil.Process]:
-        return psutil.Process(self.proc.pid).children()
+        return psutil.Process(self.server.pid).children()
 
     def worker_of(self, sock: socket.socket) -> int:
         """The pid of the worker holding the other end of `sock`."""
@@ -79,70 +85,66 @@ class Server:
                     return worker.pid
         raise LookupError("no worker holds this connection")
 
-
-def _start(tmp_path: Path, tiny_ckpt: Path, workers: int, **extra_env: str) -> Server:
-    models = write_models_list(
-        tmp_path / "models_list.yaml", {"models": {"tiny": {"path": str(tiny_ckpt)}}}
-    )
-    port = free_port(PORTS)
-    log = tmp_path / f"gunicorn-{port}.log"
-    env = {
-        **os.environ,
-        "ZEROTH_BIND": f"127.0.0.1:{port}",
-        "ZEROTH_WORKERS": str(workers),
-        "ZEROTH_IO_TIMEOUT": str(IO_TIMEOUT),
-        "ZEROTH_REQUEST_LOG": "0",
-        "MODELS_LIST": str(models),
-        "ZEROTH_MAX_BODY_BYTES": "4096",
-        **extra_env,
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "server:app"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    server = Server(proc, port, log)
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"gunicorn exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            with server.connect() as s:
-                s.sendall(b"GET /ready HTTP/1.1\r\nHost: t\r\n\r\n")
-                if _read_response(s, bytearray())[0] == 200 and len(server.workers()) == workers:
-                    return server
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"server not ready within 60 s:\n{log.read_text()}")
-        time.sleep(0.1)
+    def wait_for_workers(self, count: int) -> Server:
+        # /ready answers as soon as one worker does; some tests need all of them up.
+        deadline = time.monotonic() + 60
+        while len(self.workers()) != count:
+            assert time.monotonic() < deadline, self.server.log_text()
+            time.sleep(0.05)
+        return self
 
 
-def _stop(server: Server) -> None:
-    server.proc.terminate()
-    try:
-        server.proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait()
+def _tiny_list(folder: Path, ckpt: Path) -> Path:
+    return write_models_list(folder / "models_list.yaml", {"models": {"tiny": {"path": str(ckpt)}}})
 
 
 @pytest.fixture
-def one_worker(tmp_path: Path, tiny_ckpt: Path) -> Iterator[Server]:
-    server = _start(tmp_path, tiny_ckpt, 1)
-    yield server
-    _stop(server)
+def start(gunicorn_server, tmp_path: Path, tiny_ckpt: Path) -> Callable[..., Server]:
+    """start(workers, **env): a server on the tiny model, stopped after the test."""
+    models = _tiny_list(tmp_path, tiny_ckpt)
+
+    def start_server(workers: int = 1, extra_args: tuple[str, ...] = (), **env: str) -> Server:
+        server = gunicorn_server(models, workers=workers, env={**ENV, **env}, extra_args=extra_args)
+        return Server(server).wait_for_workers(workers)
+
+    return start_server
 
 
 @pytest.fixture
-def two_workers(tmp_path: Path, tiny_ckpt: Path) -> Iterator[Server]:
-    server = _start(tmp_path, tiny_ckpt, 2)
-    yield server
-    _stop(server)
+def one_worker(start) -> Server:
+    return start(1)
+
+
+@pytest.fixture
+def two_workers(start) -> Server:
+    return start(2)
+
+
+@pytest.fixture(scope="module")
+def module_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Server]]:
+    """Like `start`, for servers a whole module shares."""
+    tmp = tmp_path_factory.mktemp("servers")
+    models = _tiny_list(tmp, write_tiny_checkpoint(tmp / "tiny"))
+    started: list[GunicornServer] = []
+
+    def start_server(extra_args: tuple[str, ...] = (), **env: str) -> Server:
+        server = GunicornServer(
+            models,
+            workers=1,
+            env={**ENV, **env},
+            extra_args=extra_args,
+            log_path=tmp / f"gunicorn-{len(started)}.log",
+        )
+        started.append(server)
+        return Server(server.start())
+
+    yield start_server
+    for server in started:
+        server.stop()
 
 
 def test_the_inline_worker_is_the_default(one_worker: Server) -> None:
-    assert "Using worker: zeroth.gunicorn_worker.InlineWorker" in one_worker.log.read_text()
+    assert "Using worker: zeroth.gunicorn_worker.InlineWorker" in one_worker.server.log_text()
 
 
 def test_keep_alive_and_pipelined_requests(one_worker: Server) -> None:
@@ -163,7 +165,7 @@ def test_keep_alive_and_pipelined_requests(one_worker: Server) -> None:
     assert last[0] == 200
 
 
-def test_a_stalled_client_is_dropped_and_the_worker_serves_on(one_worker: Server) -> None:
+def test_a_stalled_client_is_let_go_and_the_worker_serves_on(one_worker: Server) -> None:
     with one_worker.connect() as stalled:
         stalled.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{")
         time.sleep(0.2)  # the worker is now reading the rest of that body
@@ -173,7 +175,11 @@ def test_a_stalled_client_is_dropped_and_the_worker_serves_on(one_worker: Server
             status, _ = _read_response(sock, bytearray())
         waited = time.monotonic() - start
         stalled.settimeout(5)
-        assert stalled.recv(65536) == b""  # dropped, unanswered
+        # The body's read timed out: the app's answer to a body that never came, and the end.
+        answer = bytearray()
+        while chunk := stalled.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
     assert status == 200
     assert IO_TIMEOUT * 0.5 < waited < IO_TIMEOUT + 2
 
@@ -213,6 +219,139 @@ def bare_worker() -> Iterator[tuple]:
         worker.poller.close()
         worker.tmp.close()
         listener.close()
+
+
+@pytest.fixture
+def lean_conn(bare_worker) -> Iterator[tuple]:
+    """(worker, client socket, the worker's TConn for it), the worker's app answering with the
+    length of the body it got."""
+    from gunicorn.workers.gthread import TConn
+
+    worker, listener = bare_worker
+    assert worker._lean
+
+    def app(environ: dict, start_response: Callable) -> list[bytes]:
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"%d" % len(body)]
+
+    worker.wsgi = app
+    client = socket.create_connection(listener.getsockname(), timeout=10)
+    accepted, addr = listener.accept()
+    conn = TConn(worker.cfg, accepted, addr, listener.getsockname())
+    try:
+        yield worker, client, conn
+    finally:
+        client.close()
+        accepted.close()
+
+
+def _arrived(conn, size: int) -> None:
+    """Wait until `size` bytes are readable on the worker's side."""
+    deadline = time.monotonic() + 5
+    while len(conn.sock.recv(size, socket.MSG_PEEK | socket.MSG_DONTWAIT)) < size:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def _send_later(sock: socket.socket, data: bytes, delay: float) -> threading.Thread:
+    thread = threading.Thread(target=lambda: (time.sleep(delay), sock.sendall(data)))
+    thread.start()
+    return thread
+
+
+_HEAD = b"POST /v1/embeddings HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n"
+_BODY = b'{"model":"tiny","input":"the cat"}'
+
+
+def test_a_body_cut_short_goes_to_gunicorn_with_every_byte_read(lean_conn) -> None:
+    from zeroth.gunicorn_worker import _GUNICORN
+
+    worker, client, conn = lean_conn
+    raw = _HEAD % 100 + b'{"in'
+    client.sendall(raw)
+    client.shutdown(socket.SHUT_WR)
+    assert worker._serve_lean(conn) is _GUNICORN
+    assert conn.parser.unreader.buf.getvalue() == raw
+    # gunicorn meets the request as if it had read it itself: the head, what came of the body.
+    req = next(conn.parser)
+    assert (req.method, req.body.read()) == ("POST", b'{"in')
+    assert worker.lean_served == 0
+
+
+def test_a_large_body_goes_to_gunicorn_after_its_own_first_read(lean_conn) -> None:
+    from zeroth.gunicorn_worker import _GUNICORN
+
+    worker, client, conn = lean_conn
+    raw = _HEAD % (3 << 20) + b"x" * 20000
+    client.sendall(raw)
+    _arrived(conn, len(raw))
+    assert worker._serve_lean(conn) is _GUNICORN
+    # Exactly what gunicorn's first read takes (8 KiB), the rest left on the socket: gunicorn
+    # answers from the head, drains what it drains and closes, as without the lean route.
+    assert worker._first_read == 8192
+    assert conn.parser.unreader.buf.getvalue() == raw[:8192]
+    assert conn.sock.recv(65536, socket.MSG_PEEK) == raw[8192:]
+
+
+def test_a_body_that_follows_its_head_is_read_by_the_lean_route(lean_conn, monkeypatch) -> None:
+    from zeroth import gunicorn_worker
+
+    monkeypatch.setattr(gunicorn_worker, "LEAN_BODY_WAIT", 5.0)
+    worker, client, conn = lean_conn
+    client.sendall(_HEAD % 34)
+    sender = _send_later(client, _BODY, 0.05)
+    assert worker._serve_lean(conn) is True  # answered, kept alive
+    sender.join()
+    status, body = _read_response(client, bytearray())
+    assert (status, body, worker.lean_served) == (200, b"34", 1)
+
+
+def test_a_body_later_than_the_lean_wait_is_gunicorns(lean_conn, monkeypatch) -> None:
+    from zeroth import gunicorn_worker
+
+    monkeypatch.setattr(gunicorn_worker, "LEAN_BODY_WAIT", 0.05)
+    worker, client, conn = lean_conn
+    client.sendall(_HEAD % 34)
+    sender = _send_later(client, _BODY, 0.5)
+    assert worker._serve_lean(conn) is gunicorn_worker._GUNICORN
+    assert conn.parser.unreader.buf.getvalue() == _HEAD % 34
+    assert next(conn.parser).body.read() == _BODY  # gunicorn waits for it
+    sender.join()
+    assert worker.lean_served == 0
+
+
+def test_the_lean_limits_are_gunicorns_own() -> None:
+    from gunicorn.config import Config
+
+    from zeroth.gunicorn_worker import _parser_limits
+
+    assert _parser_limits(Config()) == (4094, 100, 8190, 8192)
+    cfg = Config()
+    cfg.set("limit_request_line", 0)  # unlimited
+    cfg.set("limit_request_fields", 40000)
+    cfg.set("limit_request_field_size", 0)
+    # gunicorn clamps and defaults these: the lean route takes them as gunicorn applies them.
+    assert _parser_limits(cfg) == (8190, 32768, 8190, 8192)
+    cfg.set("limit_request_line", 9000)
+    assert _parser_limits(cfg)[0] == 8190
+
+
+def test_no_lean_route_where_gunicorns_limits_cannot_be_read(monkeypatch) -> None:
+    import logging
+
+    from gunicorn.config import Config
+
+    from zeroth import gunicorn_worker
+
+    def unreadable(cfg: object) -> tuple:
+        raise AttributeError("limit_request_line")
+
+    monkeypatch.setattr(gunicorn_worker, "_parser_limits", unreadable)
+    args = (0, os.getpid(), [], None, 30, Config(), logging.getLogger())
+    worker = gunicorn_worker.InlineWorker(*args)
+    worker.tmp.close()
+    assert not worker._lean
 
 
 def test_a_worker_holding_connections_lets_others_accept_first(bare_worker) -> None:
@@ -319,55 +458,54 @@ def _answers(server: Server, requests: list[bytes]) -> list[tuple[bytes, bytes]]
     return out
 
 
-def test_the_lean_route_answers_exactly_as_gunicorn(tmp_path: Path, tiny_ckpt: Path) -> None:
-    lean = _start(tmp_path, tiny_ckpt, 1)
-    plain = _start(tmp_path, tiny_ckpt, 1, ZEROTH_LEAN_HTTP="0")
-    try:
-        for name, request in CASES.items():
-            # Alone on a connection, then behind a lean-route request and before another one.
-            for requests in ([request], [CASES["post"], request, CASES["ready"]]):
-                got, want = _answers(lean, requests), _answers(plain, requests)
-                assert got == want, name
-                assert len(want) >= 1, name
-    finally:
-        _stop(lean)
-        _stop(plain)
+def test_the_lean_route_answers_exactly_as_gunicorn(start) -> None:
+    lean, plain = start(1), start(1, ZEROTH_LEAN_HTTP="0")
+    for name, request in CASES.items():
+        # Alone on a connection, then behind a lean-route request and before another one.
+        for requests in ([request], [CASES["post"], request, CASES["ready"]]):
+            got, want = _answers(lean, requests), _answers(plain, requests)
+            assert got == want, name
+            assert len(want) >= 1, name
+    lean.server.stop()
+    plain.server.stop()
     # Both routes were taken: most requests on the lean one, the rest by gunicorn's parser.
-    served = re.search(r"(\d+) requests, (\d+) on the lean route \(on\)", lean.log.read_text())
-    assert served, lean.log.read_text()
+    log = lean.server.log_text()
+    served = re.search(r"(\d+) requests, (\d+) on the lean route \(on\)", log)
+    assert served, log
     total, on_lean = map(int, served.groups())
     assert 0 < on_lean < total
-    assert re.search(r"\d+ requests, 0 on the lean route \(off\)", plain.log.read_text())
+    assert re.search(r"\d+ requests, 0 on the lean route \(off\)", plain.server.log_text())
 
 
 @pytest.fixture(scope="module")
-def lean_and_plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
-    from tests.conftest import write_tiny_checkpoint
-
-    tmp = tmp_path_factory.mktemp("lean-fuzz")
-    ckpt = write_tiny_checkpoint(tmp / "tiny")
-    lean = _start(tmp, ckpt, 1)
-    plain = _start(tmp, ckpt, 1, ZEROTH_LEAN_HTTP="0")
-    yield lean, plain
-    _stop(lean)
-    _stop(plain)
+def lean_and_plain(module_servers) -> tuple[Server, Server]:
+    return module_servers(), module_servers(ZEROTH_LEAN_HTTP="0")
 
 
 def _one_answer(server: Server, request: bytes) -> bytes:
-    """The first response to `request` on a fresh connection (Date and X-Request-ID lines
-    aside), or whatever came before the server closed or went quiet."""
+    """The first final response to `request` on a fresh connection, with any 100 Continue
+    before it (Date and X-Request-ID lines aside), or whatever came before the server closed
+    or went quiet."""
     out = bytearray()
     with server.connect() as sock:
         sock.settimeout(2)
         sock.sendall(request)
         try:
-            while b"\r\n\r\n" not in out and (chunk := sock.recv(65536)):
-                out += chunk
-            head, _, body = bytes(out).partition(b"\r\n\r\n")
+            start = 0  # where the final response begins
+            while True:
+                while b"\r\n\r\n" not in out[start:] and (chunk := sock.recv(65536)):
+                    out += chunk
+                interim = re.match(rb"HTTP/1\.\d 1\d\d ", out[start:])
+                if not interim or b"\r\n\r\n" not in out[start:]:
+                    break
+                # However the 100 and the final answer were cut into reads, read on to the latter.
+                start = out.index(b"\r\n\r\n", start) + 4
+            head, _, body = bytes(out[start:]).partition(b"\r\n\r\n")
             length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
             while length and len(body) < int(length.group(1)) and (chunk := sock.recv(65536)):
                 body += chunk
-            out[:] = head + b"\r\n\r\n" + body if body or length else out
+            if body or length:
+                out[start:] = head + b"\r\n\r\n" + body
         except (TimeoutError, ConnectionError):
             pass
     lines = [x for x in bytes(out).split(b"\r\n") if not x.lower().startswith(_VARIES)]
