@@ -3,12 +3,14 @@ connections spread over the workers, and the lean HTTP route against gunicorn's 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -564,3 +566,267 @@ def _requests(draw) -> bytes:
 def test_any_request_gets_the_same_answer_on_both_routes(lean_and_plain, request_bytes) -> None:
     lean, plain = lean_and_plain
     assert _one_answer(lean, request_bytes) == _one_answer(plain, request_bytes), request_bytes
+
+
+# Raw requests gunicorn 27 refuses, or accepts where a parser might not, with the answers its
+# own parser gives (lean route off). Every one is sent, as these exact bytes, to a server with
+# the lean route and one without, which must answer alike; and to gunicorn alone, which must
+# still answer as written here: the day it does not, a gunicorn upgrade changed what it refuses
+# and the lean route's hand-over rules (zeroth/lean_http.py) need another look.
+KEY = "k"
+_AUTH = b"Authorization: Bearer k\r\n"
+# Sent after a request on the same connection: answered only if the connection was kept.
+_SENTINEL = b"GET /ready HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+
+
+def _post(extra: bytes = b"", body: bytes = _BODY, length: bytes | None = None) -> bytes:
+    length = b"%d" % len(body) if length is None else length
+    return (
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: t\r\n" + _AUTH + extra
+        + b"Content-Length: " + length + b"\r\n\r\n" + body
+    )  # fmt: skip
+
+
+def _post_of(size: int) -> bytes:
+    """A POST of exactly `size` bytes, head and body."""
+    body = size - len(_post(body=b""))
+    body -= len(str(body)) - 1  # the Content-Length's own digits
+    raw = _post(body=b"x" * body)
+    assert len(raw) == size
+    return raw
+
+
+def _get(extra: bytes = b"", line: bytes = b"GET /ready HTTP/1.1") -> bytes:
+    return line + b"\r\nHost: t\r\n" + extra + b"\r\n"
+
+
+@dataclass(frozen=True)
+class Raw:
+    raw: bytes
+    # The statuses gunicorn's Python parser answers on the connection: the request's, then the
+    # sentinel's if the connection was kept open for it. () : closed without an answer.
+    statuses: tuple[int, ...]
+    # pipelined: the sentinel follows at once; half-close: the client then shuts its side;
+    # stall: the client then waits; split / late: the body follows the head 20 ms / 500 ms later.
+    ending: str = "pipelined"
+    fast: tuple[int, ...] | None = None  # where gunicorn_h1c answers otherwise
+
+
+RAW = {
+    # Issue 13: what the lean route answered otherwise than gunicorn.
+    "repeated Host": Raw(_post(b"Host: u\r\n"), (400,)),
+    "repeated Content-Type, text/plain then JSON": Raw(
+        _post(b"Content-Type: text/plain\r\nContent-Type: application/json\r\n"), (400,)
+    ),
+    "field line of 8189 bytes": Raw(_get(b"X-A: " + b"a" * 8184 + b"\r\n"), (431,)),
+    "field line of 8190 bytes": Raw(_get(b"X-A: " + b"a" * 8185 + b"\r\n"), (431,)),
+    "Content-Length of 4,400 digits": Raw(_post(length=b"1" * 4400), (400,)),
+    "Connection keep-alive then close, pipelined": Raw(
+        _post(b"Connection: keep-alive\r\nConnection: close\r\n") + _get(), (200, 200, 200)
+    ),
+    "body short of its length, then half-close": Raw(_post(length=b"100"), (200,), "half-close"),
+    "no key and a 3 MiB body": Raw(
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: t\r\nContent-Length: 3145728\r\n\r\n"
+        + b"x" * 3145728,
+        (401,),
+    ),
+    # The same family.
+    "body short of its length, then a stall": Raw(_post(length=b"100"), (400,), "stall"),
+    "body 20 ms after the head": Raw(_post(), (200, 200), "split"),
+    "body 500 ms after the head": Raw(_post(), (200, 200), "late"),
+    "whole request of 64 KiB": Raw(_post_of(65536), (413, 200)),
+    "whole request of 64 KiB + 1": Raw(_post_of(65537), (413, 200)),
+    "head over 8 KiB": Raw(
+        _get(b"".join(b"X-%d: %s\r\n" % (i, b"a" * 200) for i in range(45))), (200, 200)
+    ),  # fmt: skip
+    "field line of 8188 bytes": Raw(_get(b"X-A: " + b"a" * 8183 + b"\r\n"), (200, 200)),
+    "request line of 4094 bytes": Raw(_get(line=b"GET /" + b"a" * 4080 + b" HTTP/1.1"), (401, 200)),
+    "request line of 4095 bytes": Raw(_get(line=b"GET /" + b"a" * 4081 + b" HTTP/1.1"), (414,)),
+    "100 fields": Raw(_get(b"".join(b"X-%d: 1\r\n" % i for i in range(99))), (200, 200)),
+    "101 fields": Raw(_get(b"".join(b"X-%d: 1\r\n" % i for i in range(100))), (431,)),
+    # Repeated fields.
+    "repeated Host, same value": Raw(_post(b"Host: t\r\n"), (400,)),
+    "repeated Content-Type, names in two cases": Raw(
+        _post(b"content-type: application/json\r\nCONTENT-TYPE: application/json\r\n"), (400,)
+    ),
+    "repeated Content-Length, same value": Raw(_post(b"Content-Length: 34\r\n"), (400,)),
+    "Connection close then keep-alive, pipelined": Raw(
+        _post(b"Connection: close\r\nConnection: keep-alive\r\n") + _get(), (200,)
+    ),
+    "repeated Authorization": Raw(_post(_AUTH), (401, 200)),
+    "repeated X-A": Raw(_get(b"X-A: 1\r\nX-A: 2\r\n"), (200, 200)),
+    # Content-Length and Transfer-Encoding.
+    "Content-Length +34": Raw(_post(length=b"+34"), (400,)),
+    "Content-Length -1": Raw(_post(length=b"-1"), (400,)),
+    "Content-Length 00034": Raw(_post(length=b"00034"), (200, 200)),
+    "Content-Length in tabs and spaces": Raw(_post(length=b"\t34 \t"), (200, 200)),
+    "Content-Length 34,34": Raw(_post(length=b"34,34"), (400,)),
+    "Content-Length 0x22": Raw(_post(length=b"0x22"), (400,)),
+    "Content-Length empty": Raw(_post(length=b""), (400,)),
+    "Content-Length superscript two": Raw(_post(length=b"\xb2"), (400,)),
+    "Content-Length and chunked": Raw(_post(b"Transfer-Encoding: chunked\r\n"), (400,)),
+    "Transfer-Encoding gzip": Raw(_get(b"Transfer-Encoding: gzip\r\n"), (400,)),
+    "Transfer-Encoding unknown": Raw(_get(b"Transfer-Encoding: foo\r\n"), (501,), fast=(400,)),
+    "chunked in HTTP/1.0": Raw(
+        _get(b"Transfer-Encoding: chunked\r\n", b"POST /v1/embeddings HTTP/1.0") + b"0\r\n\r\n",
+        (400,),
+    ),
+    "GET with a body": Raw(_get(b"Content-Length: 5\r\n") + b"hello", (200, 200)),
+    # Field names and values.
+    "obs-fold": Raw(_get(b"X-A: a\r\n b\r\n"), (400,)),
+    "whitespace before the colon": Raw(_get(b"X-A : a\r\n"), (400,)),
+    "empty name": Raw(_get(b": a\r\n"), (400,)),
+    "no colon": Raw(_get(b"NoColon\r\n"), (400,)),
+    "name with an underscore": Raw(_get(b"X_Under: a\r\n"), (200, 200)),
+    "name with every token character": Raw(_get(b"X-!#$%&'*+.^`|~: a\r\n"), (200, 200)),
+    "name with a non-ASCII byte": Raw(_get(b"X-\xe9: a\r\n"), (400,)),
+    "control byte in a value": Raw(_get(b"X-A: a\x01b\r\n"), (400,)),
+    "DEL in a value": Raw(_get(b"X-A: a\x7fb\r\n"), (400,)),
+    "NUL in a value": Raw(_get(b"X-A: a\x00b\r\n"), (400,)),
+    "bare CR in a value": Raw(_get(b"X-A: a\rb\r\n"), (400,)),
+    "bare LF between fields": Raw(_get(b"X-A: a\nX-B: b\r\n"), (400,)),
+    "obs-text in a value": Raw(_get(b"X-A: caf\xe9\r\n"), (200, 200)),
+    "empty value, tab inside one": Raw(_get(b"X-A:\r\nX-B: a\tb  \r\n"), (200, 200)),
+    "no Host": Raw(_get().replace(b"Host: t\r\n", b""), (200, 200)),
+    "empty Host": Raw(_get().replace(b"Host: t", b"Host:"), (200, 200)),
+    "conflicting scheme headers": Raw(
+        _get(b"X-Forwarded-Proto: https\r\nX-Forwarded-Ssl: off\r\n"), (400,)
+    ),
+    "Expect 100-continue": Raw(_post(b"Expect: 100-continue\r\n"), (100, 200, 200)),
+    "Expect something else": Raw(_post(b"Expect: foo\r\n"), (417,)),
+    "Upgrade h2c": Raw(
+        _get(
+            b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\n"
+        ),
+        (200, 200),
+    ),
+    # Request lines.
+    "lower-case method": Raw(_get(line=b"get /ready HTTP/1.1"), (400,)),
+    "two-letter method": Raw(_get(line=b"GE /ready HTTP/1.1"), (400,)),
+    "21-letter method": Raw(_get(line=b"A" * 21 + b" /ready HTTP/1.1"), (400,)),
+    "# in the method": Raw(_get(line=b"G#T /ready HTTP/1.1"), (400,)),
+    "PATCH": Raw(_get(line=b"PATCH /ready HTTP/1.1"), (405, 200)),
+    "HEAD": Raw(_get(line=b"HEAD /ready HTTP/1.1"), (200, 200)),
+    "HTTP/1.2": Raw(_get(line=b"GET /ready HTTP/1.2"), (200, 200), fast=(400,)),
+    "HTTP/2.0": Raw(_get(line=b"GET /ready HTTP/2.0"), (400,)),
+    "HTTP/0.9": Raw(_get(line=b"GET /ready HTTP/0.9"), (400,)),
+    "http/1.1": Raw(_get(line=b"GET /ready http/1.1"), (400,)),
+    "HTTP/1.10": Raw(_get(line=b"GET /ready HTTP/1.10"), (400,)),
+    "space after the version": Raw(_get(line=b"GET /ready HTTP/1.1 "), (400,)),
+    "two spaces after the method": Raw(_get(line=b"GET  /ready HTTP/1.1"), (400,), fast=(200, 200)),
+    "absolute form": Raw(_get(line=b"GET http://t/ready HTTP/1.1"), (200, 200)),
+    "authority form": Raw(_get(line=b"GET t:80 HTTP/1.1"), (400,)),
+    "asterisk form with GET": Raw(_get(line=b"GET * HTTP/1.1"), (400,)),
+    "asterisk form with OPTIONS": Raw(_get(line=b"OPTIONS * HTTP/1.1"), (401, 200)),
+    "DEL in the target": Raw(_get(line=b"GET /re\x7fady HTTP/1.1"), (400,)),
+    "non-ASCII target": Raw(_get(line=b"GET /r\xe9ady HTTP/1.1"), (400,)),
+    "fragment": Raw(_get(line=b"GET /ready#x HTTP/1.1"), (200, 200)),
+    "path //ready": Raw(_get(line=b"GET //ready HTTP/1.1"), (200, 200)),
+    "path with dot segments": Raw(_get(line=b"GET /v1/../ready HTTP/1.1"), (401, 200)),
+    "one empty line first": Raw(b"\r\n" + _get(), (200, 200)),
+    "two empty lines first": Raw(b"\r\n\r\n" + _get(), (400,)),
+    "bare LF after the request line": Raw(b"GET /ready HTTP/1.1\nHost: t\r\n\r\n", (400,)),
+    "bare LF ending the head": Raw(b"GET /ready HTTP/1.1\r\nHost: t\n\n", (400,), "half-close"),
+    "head cut short, then half-close": Raw(b"GET /ready HTTP/1.1\r\nHost: t\r\n", (), "half-close"),
+}
+
+
+def _statuses(answers: list[bytes]) -> tuple[int, ...]:
+    return tuple(int(a.split(b" ", 2)[1]) for a in answers)
+
+
+def _exchange(server: Server, case: Raw) -> tuple[list[bytes], bool]:
+    """Every answer on one connection that carries `case` (Date and X-Request-ID lines aside),
+    and whether the server closed it."""
+    sock = server.connect()
+    sock.settimeout(IO_TIMEOUT + 3)  # a stalled request is answered after IO_TIMEOUT
+
+    def send() -> None:
+        try:
+            if case.ending in ("split", "late"):
+                head = case.raw.index(b"\r\n\r\n") + 4
+                sock.sendall(case.raw[:head])
+                time.sleep(0.02 if case.ending == "split" else 0.5)
+                sock.sendall(case.raw[head:] + _SENTINEL)
+            elif case.ending == "pipelined":
+                sock.sendall(case.raw + _SENTINEL)
+            else:
+                sock.sendall(case.raw)
+                if case.ending == "half-close":
+                    sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the server may close while a large body is still on its way
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    data, closed = bytearray(), False
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+        closed = True
+    except ConnectionResetError:
+        closed = True
+    except TimeoutError:
+        pass
+    finally:
+        sender.join()
+        sock.close()
+    data = re.sub(rb"(?i)\r\n(date|x-request-id):[^\r\n]*", b"", bytes(data))
+    # Werkzeug lists the allowed methods from a set: their order is the process's hash seed's.
+    data = re.sub(
+        rb"(?i)\r\nallow: ([^\r\n]*)",
+        lambda m: b"\r\nAllow: " + b", ".join(sorted(m.group(1).split(b", "))),
+        data,
+    )
+    # Answers are cut at their status lines: a HEAD answer has a Content-Length and no body.
+    return [a for a in re.split(rb"(?=HTTP/1\.\d \d{3} )", data) if a], closed
+
+
+@pytest.fixture(scope="module")
+def keyed_pair(module_servers) -> tuple[Server, Server]:
+    """The lean route on and off, under whichever parser gunicorn picks (gunicorn_h1c where it
+    is installed), with an API key: unauthenticated requests get 401 from the head."""
+    return (
+        module_servers(ZEROTH_API_KEYS=KEY),
+        module_servers(ZEROTH_API_KEYS=KEY, ZEROTH_LEAN_HTTP="0"),
+    )
+
+
+@pytest.mark.parametrize("name", list(RAW))
+def test_raw_requests_get_the_same_answers_on_both_routes(keyed_pair, name: str) -> None:
+    lean, plain = keyed_pair
+    got, want = _exchange(lean, RAW[name]), _exchange(plain, RAW[name])
+    assert got == want
+
+
+_PARSERS = [
+    "python",
+    pytest.param(
+        "fast",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("gunicorn_h1c") is None, reason="gunicorn_h1c not installed"
+        ),
+    ),
+]
+
+
+@pytest.fixture(scope="module", params=_PARSERS)
+def gunicorn_alone(module_servers, request: pytest.FixtureRequest) -> tuple[str, Server]:
+    server = module_servers(
+        ("--http-parser", request.param), ZEROTH_API_KEYS=KEY, ZEROTH_LEAN_HTTP="0"
+    )
+    return request.param, server
+
+
+@pytest.mark.parametrize("name", list(RAW))
+def test_gunicorn_canary(gunicorn_alone, name: str) -> None:
+    parser, server = gunicorn_alone
+    case = RAW[name]
+    want = case.fast if parser == "fast" and case.fast is not None else case.statuses
+    answers, closed = _exchange(server, case)
+    assert _statuses(answers) == want, (
+        f"gunicorn ({parser} parser) now answers {_statuses(answers)} to {name!r}, not {want}: "
+        "what gunicorn refuses has changed. Check zeroth/lean_http.py's hand-over rules against "
+        "gunicorn/http/message.py, then update RAW."
+    )
+    assert closed
