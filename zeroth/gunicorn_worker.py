@@ -11,8 +11,9 @@ are gthread's. What differs:
 - a new connection is read once it is readable (gthread's thread waits up to 5 s for its first
   bytes, which here would stall the loop);
 - socket reads and writes time out after IO_TIMEOUT (SO_RCVTIMEO/SO_SNDTIMEO), so a client that
-  stalls mid-request is dropped instead of holding the worker (gthread with one thread would
-  wait for it forever);
+  stalls mid-request is let go (a body that stopped coming is answered as incomplete, then the
+  connection closes) instead of holding the worker (gthread with one thread would wait for it
+  forever);
 - the common request (zeroth/lean_http.py: GET or POST, plain path, distinct headers,
   Content-Length, the head in gunicorn's own first read and the whole request within
   LEAN_MAX_BYTES) is parsed and answered without gunicorn's Python parser and response objects,
