@@ -6,7 +6,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -735,10 +737,12 @@ def _statuses(answers: list[bytes]) -> tuple[int, ...]:
     return tuple(int(a.split(b" ", 2)[1]) for a in answers)
 
 
-def _exchange(server: Server, case: Raw) -> tuple[list[bytes], bool]:
-    """Every answer on one connection that carries `case` (Date and X-Request-ID lines aside),
-    and whether the server closed it."""
-    sock = server.connect()
+def _exchange(
+    server: Server, case: Raw, sock: socket.socket | None = None
+) -> tuple[list[bytes], bool]:
+    """Every answer on one connection (`sock`, or a new one) that carries `case` (Date and
+    X-Request-ID lines aside), and whether the server closed it."""
+    sock = sock or server.connect()
     sock.settimeout(IO_TIMEOUT + 3)  # a stalled request is answered after IO_TIMEOUT
 
     def send() -> None:
@@ -830,3 +834,24 @@ def test_gunicorn_canary(gunicorn_alone, name: str) -> None:
         "gunicorn/http/message.py, then update RAW."
     )
     assert closed
+
+
+def test_a_unix_socket_is_served_as_gunicorn_serves_it(start) -> None:
+    # There gunicorn takes SERVER_NAME from the Host header and sets no REMOTE_PORT; the lean
+    # route, which did neither, dropped every request unanswered.
+    folder = Path(tempfile.mkdtemp(prefix="zeroth-", dir="/tmp"))  # Unix socket paths are short
+    try:
+        servers = {
+            route: (start(1, ("-b", f"unix:{folder}/{route}"), **env), folder / route)
+            for route, env in (("lean", {}), ("plain", {"ZEROTH_LEAN_HTTP": "0"}))
+        }
+        for case in (Raw(_get(), (200, 200)), Raw(_post(), (200, 200))):
+            answers = []
+            for server, path in servers.values():
+                sock = socket.socket(socket.AF_UNIX)
+                sock.connect(str(path))
+                answers.append(_exchange(server, case, sock))
+            assert answers[0] == answers[1]
+            assert _statuses(answers[0][0]) == case.statuses
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -221,7 +221,9 @@ class InlineWorker(ThreadWorker):
 
     def serve(self, conn: TConn) -> object:
         """One request on `conn`: what gthread's `handle` returns (keep-alive or not)."""
-        if self._lean and not conn.is_http2:
+        # Only on TCP: on a Unix socket gunicorn takes SERVER_NAME and SERVER_PORT from the Host
+        # header and there is no REMOTE_PORT, which the lean environ does not reproduce.
+        if self._lean and not conn.is_http2 and isinstance(conn.server, tuple):
             result = self._serve_lean(conn)
             if result is not _GUNICORN:
                 return result
@@ -269,9 +271,11 @@ class InlineWorker(ThreadWorker):
             keep_alive = False
         elif len(self.keepalived_conns) >= self.max_keepalived:
             keep_alive = False
-        environ = wsgi_environ(self._base_environ, req, body, conn.server, conn.client, conn.sock)
         responder = Responder()
         try:
+            environ = wsgi_environ(
+                self._base_environ, req, body, conn.server, conn.client, conn.sock
+            )
             chunks = self.wsgi(environ, responder.start_response)
             try:
                 data, keep_alive = responder.response(chunks, keep_alive, self._date.now())
