@@ -30,12 +30,10 @@ ENVIRON_ALLOWED: dict[tuple[str, str], str] = {
         "the server a test or benchmark starts inherits this process's environment, as a "
         "deployed one does; nothing is read from it here"
     ),
-    # TODO: zeroth/gunicorn_worker.py still reads ZEROTH_IO_TIMEOUT and ZEROTH_LEAN_HTTP (the
-    # latter through zeroth/switches.py) itself, until the branch that hands the worker its
-    # settings is merged; remove these three entries then (the test says so once they are stale).
-    ("zeroth/gunicorn_worker.py", "<module>"): "TODO: ZEROTH_IO_TIMEOUT, until that merge",
-    ("zeroth/gunicorn_worker.py", "_lean_allowed"): "TODO: SCRIPT_NAME, until that merge",
-    ("zeroth/switches.py", "switched_off"): "TODO: ZEROTH_LEAN_HTTP for gunicorn_worker.py",
+    ("zeroth/gunicorn_worker.py", "_lean_allowed"): (
+        "gunicorn builds SCRIPT_NAME from the environment into every environ itself; the lean "
+        "route steps aside when it is set"
+    ),
 }
 
 

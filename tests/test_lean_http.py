@@ -19,7 +19,7 @@ POST = b"POST /v1/embeddings HTTP/1.1\r\nHost: h\r\nContent-Length: 12"
 def test_the_common_request_and_its_environ() -> None:
     head = (
         b"POST /v1/embeddings HTTP/1.1\r\nHost: h:8000\r\nContent-Type: application/json\r\n"
-        b"Content-Length: 12\r\nAuthorization: Bearer k\r\nX-Tag: a\r\nx-tag:  b \r\n"
+        b"Content-Length: 12\r\nAuthorization: Bearer k\r\nx-tag:  b \r\n"
         b"Connection: keep-alive"
     )
     req = parse_head(head, LIMITS)
@@ -34,7 +34,7 @@ def test_the_common_request_and_its_environ() -> None:
     assert env["CONTENT_TYPE"] == "application/json" and env["CONTENT_LENGTH"] == "12"
     assert "HTTP_CONTENT_TYPE" not in env and "HTTP_CONTENT_LENGTH" not in env
     assert env["HTTP_AUTHORIZATION"] == "Bearer k"
-    assert env["HTTP_X_TAG"] == "a,b"  # repeated fields joined, as gunicorn joins them
+    assert env["HTTP_X_TAG"] == "b"
     assert env["HTTP_HOST"] == "h:8000"
     assert (env["REQUEST_METHOD"], env["PATH_INFO"], env["QUERY_STRING"]) == (
         "POST",
@@ -61,12 +61,30 @@ def test_connection_close_and_get_without_a_body() -> None:
         POST + b"\r\nX-Forwarded-Proto: https",
         POST + b"\r\nForwarded: for=1.2.3.4",
         POST + b"\r\nContent-Length: 12",  # repeated
+        # Any repeated name: gunicorn refuses a second Host or Content-Type and takes the first
+        # Connection, whatever the case of the name.
+        POST + b"\r\nHost: h",
+        POST + b"\r\nhost: other",
+        POST + b"\r\nContent-Type: text/plain\r\ncontent-type: application/json",
+        POST + b"\r\nConnection: keep-alive\r\nConnection: close",
+        POST + b"\r\nX-Tag: a\r\nX-Tag: b",
         b"POST /v1/embeddings HTTP/1.1\r\nContent-Length: 1e3",
         b"POST /v1/embeddings HTTP/1.1\r\nContent-Length: -1",
+        b"POST /v1/embeddings HTTP/1.1\r\nContent-Length: +12",
+        b"POST /v1/embeddings HTTP/1.1\r\nContent-Length: 012",  # gunicorn: 12; a proxy: ?
+        b"POST /v1/embeddings HTTP/1.1\r\nContent-Length: 1 2",
+        b"POST /v1/embeddings HTTP/1.1\r\nContent-Length: " + b"1" * 4400,  # past int()'s limit
+        b"POST /v1/embeddings HTTP/1.1\r\nContent-Length: 12345678901",
+        b"POST /v1/embeddings HTTP/1.1\r\nContent-Length: \xb2",  # "2" in latin-1
         b"POST /v1/embeddings HTTP/1.1\r\nHost: h",  # POST without a length
         b"POST /v1/embeddings HTTP/1.1\r\nContent-Length: 99999999",  # over the body limit
         POST + b"\r\nX_Under: score",
         POST + b"\r\n folded: line",
+        POST + b"\r\nX-A : b",
+        POST + b"\r\n: empty-name",
+        POST + b"\r\nX-A: a\rb",
+        POST + b"\r\nX-A: a\nb",
+        POST + b"\r\nX-A: a\x7f",
         POST + b"\r\nX-Bad: a\x01b",
         POST + b"\r\nX-Latin: caf\xe9",
         POST + b"\r\nNoColon",
@@ -75,6 +93,12 @@ def test_connection_close_and_get_without_a_body() -> None:
         b"PUT /v1/embeddings HTTP/1.1\r\nContent-Length: 1",
         b"HEAD /ready HTTP/1.1",
         b"GET /v1/models?x=1 HTTP/1.1",
+        b"GET /ready#x HTTP/1.1",
+        b"GET * HTTP/1.1",
+        b"get /ready HTTP/1.1",
+        b"GET /ready HTTP/1.2",
+        b"GET /ready HTTP/1.1 ",
+        b"\r\nGET /ready HTTP/1.1",  # the empty line gunicorn skips
         b"GET /v1/models/a%2Fb HTTP/1.1",
         b"GET http://h/ready HTTP/1.1",
         b"GET  /ready HTTP/1.1",
@@ -85,9 +109,30 @@ def test_anything_else_is_left_to_gunicorn(head: bytes) -> None:
     assert parse_head(head, LIMITS) is None
 
 
-def test_too_many_fields_go_to_gunicorn() -> None:
-    head = b"GET /ready HTTP/1.1" + b"".join(b"\r\nX-%d: 1" % i for i in range(101))
-    assert parse_head(head, LIMITS) is None
+def test_limits_are_counted_as_gunicorn_counts_them() -> None:
+    # Request line: its length without the CRLF, at most the limit.
+    line = b"GET /" + b"a" * (LIMITS.request_line - 14) + b" HTTP/1.1"
+    assert len(line) == LIMITS.request_line
+    assert parse_head(line, LIMITS) is not None
+    assert parse_head(line.replace(b"/a", b"/aa"), LIMITS) is None
+    # Field line: its length with the CRLF, at most the limit (gunicorn answers 431 to a
+    # 8189-byte line under the default 8190).
+    field = b"X-A: " + b"a" * (LIMITS.field_size - 7)
+    assert len(field) + 2 == LIMITS.field_size
+    assert parse_head(b"GET /ready HTTP/1.1\r\n" + field, LIMITS) is not None
+    assert parse_head(b"GET /ready HTTP/1.1\r\n" + field + b"a", LIMITS) is None
+    # Fields: at most the limit.
+    fields = [b"X-%d: 1" % i for i in range(LIMITS.fields)]
+    assert parse_head(b"\r\n".join([b"GET /ready HTTP/1.1", *fields]), LIMITS) is not None
+    assert parse_head(b"\r\n".join([b"GET /ready HTTP/1.1", *fields, b"X-Z: 1"]), LIMITS) is None
+
+
+def test_content_length_up_to_the_lean_body_limit() -> None:
+    ok = b"POST /v1/embeddings HTTP/1.1\r\nContent-Length: %d" % LIMITS.body
+    assert parse_head(ok, LIMITS).content_length == LIMITS.body
+    assert parse_head(ok + b"0", LIMITS) is None
+    zero = parse_head(b"POST /v1/embeddings HTTP/1.1\r\nContent-Length: 0", LIMITS)
+    assert zero is not None and zero.content_length == 0
 
 
 def test_the_response_bytes() -> None:

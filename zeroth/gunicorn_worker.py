@@ -10,13 +10,18 @@ are gthread's. What differs:
 
 - a new connection is read once it is readable (gthread's thread waits up to 5 s for its first
   bytes, which here would stall the loop);
-- socket reads and writes time out after IO_TIMEOUT (SO_RCVTIMEO/SO_SNDTIMEO), so a client that
-  stalls mid-request is dropped instead of holding the worker (gthread with one thread would
-  wait for it forever);
-- the common request (zeroth/lean_http.py: GET or POST, plain path, Content-Length, whole in
-  the first read) is parsed and answered without gunicorn's Python parser and response objects,
-  in one write; every other request, and every request after one that was not, goes through
-  gunicorn's parser exactly as under gthread. ZEROTH_LEAN_HTTP=0 turns it off.
+- socket reads and writes time out after ZEROTH_IO_TIMEOUT (SO_RCVTIMEO, SO_SNDTIMEO), so a
+  client that stalls mid-request is let go (a body that stopped coming is answered as
+  incomplete, then the connection closes) instead of holding the worker (gthread with one
+  thread would wait for it forever);
+- the common request (zeroth/lean_http.py: GET or POST, plain path, distinct headers,
+  Content-Length, the head in gunicorn's own first read and the whole request within
+  LEAN_MAX_BYTES) is parsed and answered without gunicorn's Python parser and response objects,
+  in one write. Every other request goes to gunicorn's parser with every byte read so far
+  pushed back into its unreader, which leaves gunicorn exactly where its own reads would have:
+  a short body, a half-close, a client that stalls, a large body it answers without reading
+  are all gunicorn's. So does every request after one gunicorn read ahead for.
+  ZEROTH_LEAN_HTTP=0 turns the route off.
 - a worker that already holds connections waits a little before accepting another one, longer
   the more it holds, so that an idle worker takes it first. Kept-alive connections stay with the
   worker that accepted them, and a burst of them (a client opening its pool) would otherwise
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import selectors
 import socket
 import struct
@@ -38,47 +44,65 @@ from collections import deque
 from concurrent.futures import Future
 from functools import partial
 
+from gunicorn.http.message import MAX_REQUEST_LINE, Request
+from gunicorn.http.unreader import IterUnreader, SocketUnreader
 from gunicorn.http.wsgi import base_environ
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from zeroth.lean_http import HttpDate, LeanRequest, Limits, Responder, parse_head, wsgi_environ
-from zeroth.switches import switched_off
+from zeroth.settings import Settings
 
 # A request's bytes must keep coming (and the response's be taken) at least this often.
-IO_TIMEOUT = float(os.environ.get("ZEROTH_IO_TIMEOUT", "10"))
 # Accept delay per connection already held, and its cap: short next to a kept-alive
 # connection's life, long next to the time an idle worker needs to wake up and accept, even on
 # a busy machine. Clients that open a connection per request never see it (nothing is held).
 ACCEPT_DELAY_PER_CONN = 0.002
 ACCEPT_DELAY_MAX = 0.01
 HEARTBEAT = 1.0
-# The lean route reads this much at once (below glibc's mmap threshold: a larger buffer would
-# be mapped and unmapped on every request), and takes bodies up to LEAN_MAX_BODY.
-LEAN_READ = 64 * 1024
-LEAN_MAX_BODY = 4 * 1024 * 1024
+# The lean route takes a request only if all of it (head and body) is at most this long, the
+# amount gunicorn drains after an answer given without reading the body: a larger body is
+# gunicorn's to read, or to refuse unread.
+LEAN_MAX_BYTES = 64 * 1024
+# How long the lean route waits for the rest of a body that did not come with the head (clients
+# that write the head and the body separately); after that the request is gunicorn's, which
+# waits up to ZEROTH_IO_TIMEOUT for it and answers as it does for any slow client.
+LEAN_BODY_WAIT = 0.1
 # What the lean route returns when the request is gunicorn's to answer.
 _GUNICORN = object()
 
 
-def _io_timeouts(sock: socket.socket) -> None:
+def _io_timeouts(sock: socket.socket, timeout: float) -> None:
     # Kernel timeouts, not Python's settimeout: with those, every recv and send would first
     # poll(). A timed-out call fails with EAGAIN, which ends the connection.
-    seconds = int(IO_TIMEOUT)
-    timeval = struct.pack("ll", seconds, int((IO_TIMEOUT - seconds) * 1e6))
+    seconds = int(timeout)
+    timeval = struct.pack("ll", seconds, int((timeout - seconds) * 1e6))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+def _parser_limits(cfg) -> tuple[int, int, int, int]:
+    """(request line, fields, field size, first read): gunicorn's limits as its parser applies
+    them (it clamps and defaults the settings), read off a request it parsed, and the size of
+    its first read of a connection."""
+    req = Request(cfg, IterUnreader([b"GET / HTTP/1.1\r\n\r\n"]), ("127.0.0.1", 0))
+    return (
+        req.limit_request_line or MAX_REQUEST_LINE,  # 0: unlimited
+        req.limit_request_fields,
+        req.limit_request_field_size,
+        SocketUnreader(None).mxchunk,
+    )
 
 
 def _lean_allowed(cfg) -> bool:
     """The lean route answers as gunicorn would only where gunicorn adds nothing of its own."""
     return (
-        not switched_off("ZEROTH_LEAN_HTTP")
-        and not cfg.is_ssl
+        not cfg.is_ssl
         and list(cfg.http_protocols) == ["h1"]
         and cfg.proxy_protocol in ("off", False, None)
         and not cfg.accesslog
         and cfg.settings["pre_request"].value is cfg.settings["pre_request"].default
         and cfg.settings["post_request"].value is cfg.settings["post_request"].default
+        # gunicorn reads SCRIPT_NAME from the environment itself and builds it into environs.
         and not os.environ.get("SCRIPT_NAME")
     )
 
@@ -93,19 +117,38 @@ class InlineWorker(ThreadWorker):
         self._pipelined: deque[TConn] = deque()
         cfg = self.cfg
         self._lean = _lean_allowed(cfg)
-        self._limits = Limits(
-            request_line=cfg.limit_request_line or 8190,
-            fields=cfg.limit_request_fields or 32768,
-            field_size=cfg.limit_request_field_size or 8190,
-            body=LEAN_MAX_BODY,
-            gunicorn_headers=frozenset(
-                h.lower().encode()
-                for h in (*cfg.secure_scheme_headers, *cfg.forwarder_headers, "forwarded")
-            ),
-        )
+        self._first_read = 0
+        if self._lean:
+            try:
+                request_line, fields, field_size, self._first_read = _parser_limits(cfg)
+            except Exception as exc:  # a gunicorn that no longer looks as this route expects
+                self.log.warning("lean HTTP route off: gunicorn's parser limits unknown (%r)", exc)
+                self._lean = False
+        if self._lean:
+            self._limits = Limits(
+                request_line=request_line,
+                fields=fields,
+                field_size=field_size,
+                body=LEAN_MAX_BYTES,
+                gunicorn_headers=frozenset(
+                    h.lower().encode()
+                    for h in (*cfg.secure_scheme_headers, *cfg.forwarder_headers, "forwarded")
+                ),
+            )
         self._base_environ = base_environ(cfg)
         self._date = HttpDate()
         self.lean_served = 0  # requests the lean route answered (logged when the worker stops)
+        self._io_timeout = Settings().io_timeout
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        # The worker's own settings are the app's (zeroth.settings, read once by server.py):
+        # known only once the app is loaded, before the first connection is accepted.
+        state = getattr(self.wsgi, "extensions", {}).get("zeroth")
+        settings = state.settings if state is not None else Settings()
+        self._io_timeout = settings.io_timeout
+        if not settings.lean_http:
+            self._lean = False
 
     def run(self) -> None:
         try:
@@ -155,7 +198,7 @@ class InlineWorker(ThreadWorker):
                 raise
             return
         self.nr_conns += 1
-        _io_timeouts(client_sock)
+        _io_timeouts(client_sock, self._io_timeout)
         conn = TConn(self.cfg, client_sock, client_addr, listener.getsockname())
         # Read it when its first bytes are there, as gthread does with a connection it deferred.
         conn.timeout = time.monotonic() + self.cfg.keepalive
@@ -188,7 +231,9 @@ class InlineWorker(ThreadWorker):
 
     def serve(self, conn: TConn) -> object:
         """One request on `conn`: what gthread's `handle` returns (keep-alive or not)."""
-        if self._lean and not conn.is_http2:
+        # Only on TCP: on a Unix socket gunicorn takes SERVER_NAME and SERVER_PORT from the Host
+        # header and there is no REMOTE_PORT, which the lean environ does not reproduce.
+        if self._lean and not conn.is_http2 and isinstance(conn.server, tuple):
             result = self._serve_lean(conn)
             if result is not _GUNICORN:
                 return result
@@ -206,40 +251,24 @@ class InlineWorker(ThreadWorker):
         sock = conn.sock
         sock.setblocking(True)
         try:
-            data = sock.recv(LEAN_READ)
+            # gunicorn's own first read: a request handed over from here meets its parser in
+            # the state its own read would have left (it measures its header buffer per read).
+            data = sock.recv(self._first_read)
         except OSError:
             return _GUNICORN  # let gunicorn meet (and report) the same error
         if not data:
             return False  # the client closed the connection
         end = data.find(b"\r\n\r\n")
         req = parse_head(data[:end], self._limits) if end >= 0 else None
-        if req is None:
+        needed = end + 4 + req.content_length if req is not None else 0
+        if req is not None and len(data) < needed <= LEAN_MAX_BYTES:
+            data = _read_more(sock, data, needed, time.monotonic() + LEAN_BODY_WAIT)
+        if req is None or len(data) < needed:
             unreader.unread(data)
             return _GUNICORN
-        start = end + 4
-        needed = start + req.content_length
-        if len(data) < needed:
-            data = self._read_to(sock, data, needed)
-            if len(data) < needed:
-                # The client left, or sent nothing for IO_TIMEOUT: nobody to answer.
-                self.log.debug("client %s: request body incomplete, closing", conn.client)
-                return False
         if len(data) > needed:
             unreader.unread(data[needed:])  # pipelined: gunicorn serves what follows
-        return self._answer(conn, req, data[start:needed])
-
-    @staticmethod
-    def _read_to(sock: socket.socket, data: bytes, needed: int) -> bytes:
-        buf = bytearray(data)
-        try:
-            while len(buf) < needed:
-                chunk = sock.recv(max(needed - len(buf), 65536))
-                if not chunk:
-                    break
-                buf += chunk
-        except OSError:
-            pass
-        return bytes(buf)
+        return self._answer(conn, req, data[end + 4 : needed])
 
     def _answer(self, conn: TConn, req: LeanRequest, body: bytes) -> bool:
         self.nr += 1
@@ -252,9 +281,11 @@ class InlineWorker(ThreadWorker):
             keep_alive = False
         elif len(self.keepalived_conns) >= self.max_keepalived:
             keep_alive = False
-        environ = wsgi_environ(self._base_environ, req, body, conn.server, conn.client, conn.sock)
         responder = Responder()
         try:
+            environ = wsgi_environ(
+                self._base_environ, req, body, conn.server, conn.client, conn.sock
+            )
             chunks = self.wsgi(environ, responder.start_response)
             try:
                 data, keep_alive = responder.response(chunks, keep_alive, self._date.now())
@@ -276,3 +307,28 @@ class InlineWorker(ThreadWorker):
                 self.log.debug("Error writing the response: %s", exc)
             return False
         return keep_alive
+
+
+def _read_more(sock: socket.socket, data: bytes, needed: int, deadline: float) -> bytes:
+    """`data` and what follows it on `sock`, up to `needed` bytes in all; less if the client
+    closes, fails or sends nothing more before `deadline`."""
+    buf = bytearray(data)
+    poller = None
+    while len(buf) < needed:
+        try:
+            chunk = sock.recv(needed - len(buf), socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if poller is None:
+                poller = select.poll()
+                poller.register(sock, select.POLLIN)
+            poller.poll(remaining * 1000)
+            continue
+        except OSError:
+            break
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)

@@ -3,12 +3,24 @@
 gunicorn's pure-Python parser, environ and response objects cost ~0.3 ms of CPU a request;
 the embeddings themselves cost about as much. Nearly every request our clients send (the `openai`
 client, LangChain, curl with a small body, a load balancer's probes) is the simplest case HTTP
-allows: GET or POST, a plain path, a handful of headers, a body of known length that arrives
-with them. `parse_head` reads exactly that case and nothing else: anything it does not fully
-understand (chunked bodies, Expect, Upgrade, forwarding headers that gunicorn interprets, odd
-characters, over-long lines, repeated or malformed Content-Length ...) returns None, and the
-worker hands the bytes, untouched, to gunicorn's own parser. So gunicorn still decides every
-hard case, and the lean route only ever sees requests whose meaning is unambiguous.
+allows: GET or POST, a plain path, a handful of distinct headers, a small body of known length
+that arrives with them. `parse_head` reads exactly that case and nothing else: anything it does
+not fully understand returns None, and the worker hands the bytes, untouched, to gunicorn's own
+parser. So gunicorn decides every hard case, including every request it would refuse: the lean
+route never imitates gunicorn's error answers, it only takes requests gunicorn would accept and
+answer exactly as it does. What goes to gunicorn:
+
+- any header name that appears twice (gunicorn refuses a second Host, Content-Type or
+  Content-Length, takes the first Connection and joins the rest);
+- Transfer-Encoding, Expect, Upgrade, TE, Trailer, HTTP2-Settings, the forwarding and scheme
+  headers gunicorn interprets, and names holding "_" (dropped or refused, per header_map);
+- a request line or a field line longer than gunicorn allows, counted as gunicorn counts them
+  (a field line's CRLF included), and more fields than it allows;
+- a Content-Length that is not plain decimal without leading zeros, or over `Limits.body`;
+- a method other than GET or POST, a target other than a path of unreserved characters (no
+  query, no escapes, no absolute form), a version other than HTTP/1.1;
+- any byte outside visible ASCII, space and tab in a field value, and a field name that is not
+  an RFC 9110 token (whitespace before the colon, an empty name, obs-fold).
 """
 
 from __future__ import annotations
@@ -26,6 +38,9 @@ _PATH = re.compile(rb"/[A-Za-z0-9/._~-]*")
 _TOKEN = re.compile(rb"[!#$%&'*+.^`|~0-9A-Za-z-]+")  # RFC 9110 token, minus "_" (see below)
 # Field values: visible ASCII, space and tab (no controls, no obs-text).
 _VALUE = re.compile(rb"[\t\x20-\x7e]*")
+# gunicorn takes "007" as 7 and Python's int() fails past 4,300 digits: only the spelling every
+# client uses, with few enough digits to be cheap, is read here.
+_LENGTH = re.compile(rb"0|[1-9][0-9]{0,9}")
 # Headers that change how the body is framed or the connection is used, or that gunicorn
 # interprets itself; their requests go to gunicorn. (Names holding "_" go there too: gunicorn
 # drops or refuses them, depending on its header_map setting.)
@@ -58,9 +73,13 @@ class LeanRequest:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    # gunicorn's own limits as its parser applies them (a request line longer than
+    # `request_line`, a field line longer than `field_size` with its CRLF, more than `fields`
+    # fields are refused); the lean route takes only requests within them.
     request_line: int
     fields: int
     field_size: int
+    # The largest Content-Length the lean route takes (larger bodies are gunicorn's to read).
     body: int
     # Lower-cased header names gunicorn gives meaning to (forwarding, secure scheme).
     gunicorn_headers: frozenset[bytes]
@@ -78,39 +97,41 @@ def parse_head(head: bytes, limits: Limits) -> LeanRequest | None:
     if not _PATH.fullmatch(parts[1]):
         return None
     environ: dict[str, str] = {}
+    seen: set[bytes] = set()
     content_length = 0
-    seen_length = close = False
+    close = False
     for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or len(line) > limits.field_size or not _TOKEN.fullmatch(name):
+        if len(line) + 2 > limits.field_size:  # gunicorn counts the CRLF
             return None
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name):
+            return None
+        lower = name.lower()
+        # A repeated name is never ours: gunicorn refuses some repeats, takes the first of
+        # others (Connection) and joins the rest, and a proxy in front may read it otherwise.
+        if lower in seen or lower in _GUNICORN_HEADERS or lower in limits.gunicorn_headers:
+            return None
+        seen.add(lower)
         value = value.strip(b" \t")
         if not _VALUE.fullmatch(value):
             return None
-        lower = name.lower()
-        if lower in _GUNICORN_HEADERS or lower in limits.gunicorn_headers:
-            return None
         text = value.decode("ascii")
         if lower == b"content-length":
-            if seen_length or not value.isdigit():
+            if not _LENGTH.fullmatch(value):
                 return None
-            seen_length = True
             content_length = int(value)
             environ["CONTENT_LENGTH"] = text
-            continue
-        if lower == b"content-type":
+        elif lower == b"content-type":
             environ["CONTENT_TYPE"] = text
-            continue
-        if lower == b"connection":
-            token = value.lower()
-            if token == b"close":
-                close = True
-            elif token != b"keep-alive":
-                return None
-        key = "HTTP_" + name.decode("ascii").upper().replace("-", "_")
-        # Repeated fields are joined with commas, as gunicorn joins them.
-        environ[key] = f"{environ[key]},{text}" if key in environ else text
-    if content_length > limits.body or (parts[0] == b"POST" and not seen_length):
+        else:
+            if lower == b"connection":
+                token = value.lower()
+                if token == b"close":
+                    close = True
+                elif token != b"keep-alive":
+                    return None
+            environ["HTTP_" + name.decode("ascii").upper().replace("-", "_")] = text
+    if content_length > limits.body or (parts[0] == b"POST" and b"content-length" not in seen):
         return None
     return LeanRequest(parts[0].decode(), parts[1].decode(), content_length, close, environ)
 

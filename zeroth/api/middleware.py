@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from flask import Flask, Request
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.wsgi import get_path_info
 
 from zeroth.api.auth import challenge, needs_key
 from zeroth.api.errors import ApiError, api_error_from_http, error_body, unexpected_error
@@ -56,7 +57,8 @@ class RequestMiddleware:
         start = time.perf_counter()
         state = self.state
         method = environ.get("REQUEST_METHOD", "GET")
-        path = environ.get("PATH_INFO", "")
+        # As werkzeug (so Flask's router) reads it: decoded, leading slashes merged.
+        path = "/" + get_path_info(environ).lstrip("/")
         request_id = request_id_from(environ.get("HTTP_X_REQUEST_ID"))
         notes = Notes()
         endpoint = EMBEDDINGS
