@@ -19,31 +19,38 @@ class Tokens:
     ids: list[list[int]]
     # Usage as OpenAI reports it: tokens actually embedded, counted with the model's tokenizer.
     count: int
+    # What the per-request token limit counts: `count`, except for tiktoken ids, where it is
+    # the ids as sent (see tokenize).
+    limited: int
 
 
 def tokenize(req: EmbeddingRequest, model: ServedModel) -> Tokens:
     embedder = model.embedder
     if req.texts is not None:
-        ids = embedder.tokenize(req.texts)
-    else:
-        rows = req.ids or []
-        if model.encoding is not None:
-            _check_range(rows, model.encoding.n_vocab, model.encoding.name)
-            texts = decode_to_texts(model.encoding, rows)
-            if texts is None:
-                raise bad_request(
-                    f"'input' holds ids that are not tokens of {model.encoding.name}",
-                    param="input",
-                )
-            ids = embedder.tokenize(texts)
-        else:
-            _check_range(rows, embedder.vocab_size, "this model's vocabulary")
-            ids = rows
-    lengths = list(map(len, ids))
-    if not min(lengths):
+        return _fit(embedder.tokenize(req.texts), model)
+    rows = req.ids or []
+    if model.encoding is None:
+        _check_range(rows, embedder.vocab_size, "this model's vocabulary")
+        return _fit(rows, model)
+    _check_range(rows, model.encoding.n_vocab, model.encoding.name)
+    # The limits count the encoding's ids, as OpenAI counts them: clients size their chunks
+    # (LangChain: 8191 ids) and batches (300,000 ids) by them, and our tokenizer may need 10-30%
+    # more tokens for the same text, which would refuse what OpenAI takes. What a row decodes
+    # to is bounded (cl100k_base's longest token is 128 bytes), so the work stays bounded.
+    sent = _fit(rows, model)
+    texts = decode_to_texts(model.encoding, sent.ids)
+    if texts is None:
         raise bad_request(
-            f"'input[{lengths.index(0)}]' has no tokens after tokenization", param="input"
+            f"'input' holds ids that are not tokens of {model.encoding.name}", param="input"
         )
+    ids = embedder.tokenize(texts)
+    _check_not_empty(ids)
+    return Tokens(ids, sum(map(len, ids)), sent.limited)
+
+
+def _fit(ids: list[list[int]], model: ServedModel) -> Tokens:
+    """`ids` within the model's max_tokens per input: an error, or truncated (on_overflow)."""
+    lengths = _check_not_empty(ids)
     limit = model.entry.max_tokens
     longest = max(lengths)
     if longest > limit:
@@ -55,8 +62,19 @@ def tokenize(req: EmbeddingRequest, model: ServedModel) -> Tokens:
                 param="input",
             )
         ids = [row[:limit] if len(row) > limit else row for row in ids]
-        return Tokens(ids, sum(min(n, limit) for n in lengths))
-    return Tokens(ids, sum(lengths))
+        count = sum(min(n, limit) for n in lengths)
+        return Tokens(ids, count, count)
+    count = sum(lengths)
+    return Tokens(ids, count, count)
+
+
+def _check_not_empty(ids: list[list[int]]) -> list[int]:
+    lengths = list(map(len, ids))
+    if not min(lengths):
+        raise bad_request(
+            f"'input[{lengths.index(0)}]' has no tokens after tokenization", param="input"
+        )
+    return lengths
 
 
 def _check_range(rows: list[list[int]], size: int, what: str) -> None:
