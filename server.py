@@ -20,6 +20,7 @@ from zeroth.api.auth import install_auth
 from zeroth.api.errors import register_error_handlers
 from zeroth.api.fast import install_fast_path
 from zeroth.api.openapi import docs
+from zeroth.api.pages import pages
 from zeroth.api.request_log import install_request_log
 from zeroth.api.routes import install
 from zeroth.auth import KeyChecker, load_keys
@@ -66,6 +67,7 @@ def create_app(
     install_auth(app, checker)
     app.register_blueprint(admin)
     app.register_blueprint(docs)
+    app.register_blueprint(pages)
     # Last: it snapshots the hooks above, and steps aside if others are added later.
     install_fast_path(app)
     return app

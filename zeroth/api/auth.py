@@ -6,10 +6,13 @@ from __future__ import annotations
 from flask import Flask, request
 
 from zeroth.api.errors import ApiError
+from zeroth.api.pages import ASSETS, PAGES
 from zeroth.auth import KeyChecker, bearer_token
 
-# Load balancers and orchestrators probe these without credentials.
-OPEN_PATHS = frozenset({"/health", "/ready"})
+# Load balancers and orchestrators probe these without credentials; a browser opens the pages
+# (which ask for the key themselves) and loads their assets without one.
+OPEN_PATHS = frozenset({"/health", "/ready", *PAGES})
+OPEN_PREFIXES = (ASSETS,)
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="zeroth"'}
 
 
@@ -33,6 +36,11 @@ def challenge(checker: KeyChecker, header: str | None) -> None:
     raise ApiError(401, message, code="invalid_api_key", headers=_CHALLENGE)
 
 
+def is_open(path: str) -> bool:
+    """Whether `path` is answered without a key."""
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
 def install_auth(app: Flask, checker: KeyChecker) -> None:
     if not checker.enabled:
         return
@@ -40,6 +48,6 @@ def install_auth(app: Flask, checker: KeyChecker) -> None:
 
     @app.before_request
     def _require_key() -> None:
-        if request.path in OPEN_PATHS:
+        if is_open(request.path):
             return
         challenge(checker, request.headers.get("Authorization"))
