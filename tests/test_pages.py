@@ -79,6 +79,10 @@ def test_pages_and_assets_need_no_key_the_api_still_does(keyed) -> None:
         "/assets/../../zeroth/auth.py",
         "/assets/nope.js",
         "/assets/swagger-ui/nope.js",
+        "/assets/",
+        "/assets/swagger-ui/",
+        "/assets/a%00b.js",
+        "/assets/..%2fserver.py",
     ],
 )
 def test_the_open_prefix_reaches_nothing_else(keyed, path: str) -> None:
