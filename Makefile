@@ -5,9 +5,10 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 WORKERS ?= 2
 MODEL_DIR := models/smollm2-135m
+CHROMIUM ?= chromium
 SMOLLM2_GGUF := .cache/weights/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: venv model serve dev test test-fast lint bench clean
+.PHONY: venv model browser serve dev test test-fast lint bench clean
 
 venv: $(VENV)/.installed
 
@@ -30,6 +31,14 @@ $(MODEL_DIR)/manifest.json: $(SMOLLM2_GGUF)
 	$(PY) -m extract $(SMOLLM2_GGUF) --out $(MODEL_DIR) --force \
 		--alias text-embedding-3-small --alias text-embedding-ada-002
 
+# Debian's Chromium, for the browser tests (Playwright drives it; its own browser download
+# cannot work offline). Quick when present; as root (CI) or through sudo.
+browser:
+	@command -v $(CHROMIUM) >/dev/null 2>&1 || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium; }
+
 serve: venv model
 	MODELS_LIST=models_list.yaml TIKTOKEN_CACHE_DIR=.cache/tiktoken \
 	ZEROTH_BIND=0.0.0.0:$(PORT) ZEROTH_WORKERS=$(WORKERS) \
@@ -43,7 +52,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 
 # Everything, slow end-to-end tests (real GGUF models, real gunicorn) included.
-test: venv model lint
+test: venv model browser lint
 	TIKTOKEN_CACHE_DIR=.cache/tiktoken $(PY) -m pytest -q
 
 test-fast: venv

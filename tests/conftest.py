@@ -142,12 +142,12 @@ def models_list(
     )
 
 
-def make_app(models_list: Path, **settings):
+def make_app(models_list: Path, *, registry=None, load: bool = True, **settings):
     """create_app over `models_list` with these settings (never the environment's)."""
     from zeroth.api.app import create_app
     from zeroth.settings import Settings
 
-    return create_app(Settings(models_list=models_list, **settings))
+    return create_app(Settings(models_list=models_list, **settings), registry=registry, load=load)
 
 
 @pytest.fixture(scope="session")

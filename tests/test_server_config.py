@@ -34,7 +34,7 @@ def test_defaults_and_relative_paths(tmp_path: Path, tiny_ckpt: Path) -> None:
     assert entry.path == tiny_ckpt.resolve()
     assert (entry.backend, entry.device, entry.pooling) == ("torch", "cpu", "mean")
     assert entry.normalize is True and entry.on_overflow == "error"
-    assert entry.max_tokens == DEFAULT_MAX_TOKENS and entry.token_ids == "native"
+    assert entry.max_tokens == DEFAULT_MAX_TOKENS and entry.token_ids == "auto"
     parsed = load_models_list(path)
     assert parsed.models["a"].path == (sub / rel).resolve()
     assert parsed.default is None

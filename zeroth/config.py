@@ -3,8 +3,7 @@
     models:
       text-embedding-3-small:
         path: models/smollm2-135m      # relative to this file
-        token_ids: tiktoken:cl100k_base
-      text-embedding-ada-002: {path: models/smollm2-135m}
+      my-smollm2: {path: models/smollm2-135m, token_ids: native}
     default: text-embedding-3-small
 
 Mistakes fail at start-up with one line naming the entry and key (`ConfigError`).
@@ -32,7 +31,15 @@ DEFAULT_MAX_TOKENS = 8192
 # OpenAI's documented limits per embeddings request.
 DEFAULT_MAX_INPUTS = 2048
 DEFAULT_MAX_TOTAL_TOKENS = 300_000
-_TOKEN_IDS = re.compile(r"^(native|tiktoken:[A-Za-z0-9_.-]+)$")
+_TOKEN_IDS = re.compile(r"^(auto|native|tiktoken:[A-Za-z0-9_.-]+)$")
+# What `token_ids: auto` reads token-id inputs as, for aliases named like OpenAI's embedding
+# models: clients (LangChain's OpenAIEmbeddings) tokenise for such names with tiktoken and send
+# the ids, so for these names the ids are known to be that encoding's.
+OPENAI_TOKEN_IDS = {
+    "text-embedding-3-small": "tiktoken:cl100k_base",
+    "text-embedding-3-large": "tiktoken:cl100k_base",
+    "text-embedding-ada-002": "tiktoken:cl100k_base",
+}
 
 
 class ConfigError(ValueError):
@@ -55,20 +62,31 @@ class ModelEntry(_Strict):
     # Output size when a request does not ask for `dimensions`; None means the model's own.
     dimensions: Annotated[int, Field(ge=1)] | None = None
     # How to read token-id inputs: the model's own ids, or ids of a tiktoken encoding
-    # (LangChain sends cl100k_base ids for OpenAI model names), decoded and re-tokenised.
-    token_ids: str = "native"
+    # (LangChain sends cl100k_base ids for OpenAI model names), decoded and re-tokenised;
+    # `auto` picks by the alias (token_ids_for), so a list with only `path:` serves LangChain.
+    token_ids: str = "auto"
     owned_by: str = "zeroth"
 
     @field_validator("token_ids")
     @classmethod
     def _token_ids(cls, value: str) -> str:
         if not _TOKEN_IDS.match(value):
-            raise ValueError("must be 'native' or 'tiktoken:<encoding>', e.g. tiktoken:cl100k_base")
+            raise ValueError(
+                "must be 'auto', 'native' or 'tiktoken:<encoding>', e.g. tiktoken:cl100k_base"
+            )
         return value
 
-    @property
-    def tiktoken_encoding(self) -> str | None:
-        return self.token_ids.partition(":")[2] or None
+
+def token_ids_for(alias: str, entry: ModelEntry) -> str:
+    """How `alias` reads token-id inputs: 'native' or 'tiktoken:<encoding>' (never 'auto')."""
+    if entry.token_ids != "auto":
+        return entry.token_ids
+    return OPENAI_TOKEN_IDS.get(alias, "native")
+
+
+def tiktoken_encoding(token_ids: str) -> str | None:
+    """The encoding named by a resolved `token_ids` value; None for the model's own ids."""
+    return token_ids.partition(":")[2] or None
 
 
 class Limits(_Strict):

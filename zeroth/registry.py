@@ -15,7 +15,14 @@ from pathlib import Path
 import tiktoken
 
 from zeroth.checkpoint import CheckpointError
-from zeroth.config import ConfigError, Limits, ModelEntry, ModelsList
+from zeroth.config import (
+    ConfigError,
+    Limits,
+    ModelEntry,
+    ModelsList,
+    tiktoken_encoding,
+    token_ids_for,
+)
 from zeroth.manifest import MANIFEST_NAME
 from zeroth.model import StaticEmbedder
 from zeroth.tiktoken_ids import EncodingUnavailable, load_encoding
@@ -41,6 +48,11 @@ class ServedModel:
     @property
     def native_dim(self) -> int:
         return self.embedder.dim
+
+    @property
+    def token_ids(self) -> str:
+        """How token-id inputs are read: 'native' or 'tiktoken:<encoding>' (auto resolved)."""
+        return token_ids_for(self.alias, self.entry)
 
 
 class UnknownModel(KeyError):
@@ -88,11 +100,19 @@ class ModelRegistry:
                 embedders[key] = _open(where, entry)
             embedder = embedders[key]
             encoding = None
-            if entry.tiktoken_encoding is not None:
+            token_ids = token_ids_for(alias, entry)
+            if (name := tiktoken_encoding(token_ids)) is not None:
                 try:
-                    encoding = encoding_loader(entry.tiktoken_encoding)
+                    encoding = encoding_loader(name)
                 except EncodingUnavailable as exc:
-                    raise ConfigError(f"{where}.token_ids: {exc}") from None
+                    # Under `auto` the user wrote nothing about token ids: say where it came from.
+                    why = (
+                        " (token_ids: auto, for this OpenAI model name; `token_ids: native` "
+                        "reads the model's own ids instead)"
+                        if entry.token_ids == "auto"
+                        else ""
+                    )
+                    raise ConfigError(f"{where}.token_ids: {exc}{why}") from None
             dims = entry.dimensions or embedder.dim
             if dims > embedder.dim:
                 raise ConfigError(
@@ -107,13 +127,15 @@ class ModelRegistry:
                 created=int((entry.path / MANIFEST_NAME).stat().st_mtime),
             )
             log.info(
-                "model %s -> %s (%s/%s, dim %d; tokenizer: %s) in %.2fs",
+                "model %s -> %s (%s/%s, dim %d; tokenizer: %s; token ids: %s%s) in %.2fs",
                 alias,
                 entry.path,
                 entry.backend,
                 embedder.pooler.device,
                 dims,
                 embedder.text.route,
+                token_ids,
+                " (auto)" if entry.token_ids == "auto" else "",
                 time.perf_counter() - start,
             )
         return cls(models, models_list.default, models_list.limits)

@@ -10,6 +10,7 @@ from zeroth.api.errors import register_error_handlers
 from zeroth.api.metrics import Metrics
 from zeroth.api.middleware import RequestMiddleware
 from zeroth.api.openapi import docs
+from zeroth.api.pages import pages
 from zeroth.api.routes import api
 from zeroth.api.state import STATE, ServerState
 from zeroth.auth import KeyChecker, load_keys
@@ -55,6 +56,7 @@ def create_app(
     app.register_blueprint(api)
     app.register_blueprint(admin)
     app.register_blueprint(docs)
+    app.register_blueprint(pages)
     request_log.configure(settings.request_log)
     app.wsgi_app = RequestMiddleware(app, state)
     return app

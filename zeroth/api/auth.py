@@ -4,15 +4,19 @@ keys are configured. Answers 401 in OpenAI's words and shape. The middleware cal
 from __future__ import annotations
 
 from zeroth.api.errors import ApiError
+from zeroth.api.pages import ASSETS, PAGES
 from zeroth.auth import KeyChecker, bearer_token
 
-# Load balancers and orchestrators probe these without credentials.
-OPEN_PATHS = frozenset({"/health", "/ready"})
+# Load balancers and orchestrators probe these without credentials; a browser opens the pages
+# (which ask for the key themselves) and loads their assets without one.
+OPEN_PATHS = frozenset({"/health", "/ready", *PAGES})
+OPEN_PREFIXES = (ASSETS,)
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="zeroth"'}
 
 
-def needs_key(path: str) -> bool:
-    return path not in OPEN_PATHS
+def is_open(path: str) -> bool:
+    """Whether `path` is answered without a key."""
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 def challenge(checker: KeyChecker, header: str | None) -> None:

@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wsgi import get_path_info
 
-from zeroth.api.auth import challenge, needs_key
+from zeroth.api.auth import challenge, is_open
 from zeroth.api.errors import ApiError, api_error_from_http, error_body, unexpected_error
 from zeroth.api.request_log import Notes, request_id_from, write_line
 from zeroth.api.request_log import log as request_logger
@@ -64,7 +64,7 @@ class RequestMiddleware:
         endpoint = EMBEDDINGS
         body: Iterable[bytes]
         try:
-            if state.keys.enabled and needs_key(path):
+            if state.keys.enabled and not is_open(path):
                 challenge(state.keys, environ.get("HTTP_AUTHORIZATION"))
             if path == EMBEDDINGS and method == "POST":
                 status, headers, body = self._embeddings(environ, notes)

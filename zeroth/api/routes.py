@@ -61,7 +61,7 @@ def embed(registry: ModelRegistry, request: Request, notes: Notes, metrics: Metr
     dims = output_dimensions(req.dimensions, model)
     tokens = tokenize(req, model)
     notes.tokens = tokens.count
-    check_total_tokens(tokens.count, registry.limits)
+    check_total_tokens(tokens.limited, registry.limits)
     vectors = pool(tokens.ids, model, dims)
     body = embeddings_body(vectors, req.encoding_format, model.alias, tokens.count)
     metrics.observe_embeddings(model.alias, len(tokens.ids), tokens.count)
@@ -100,7 +100,9 @@ def retrieve_model(model_id: str) -> Response:
         raise ApiError(
             404, f"The model `{model_id}` does not exist.", param="model", code="model_not_found"
         )
-    return _json(_model_object(registry.get(model_id)))
+    model = registry.get(model_id)
+    # Beyond OpenAI's fields (clients ignore extras): which ids a token-id input is read as.
+    return _json({**_model_object(model), "token_ids": model.token_ids})
 
 
 @api.get("/health")

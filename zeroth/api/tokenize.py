@@ -22,32 +22,40 @@ class Tokens:
     ids: list[list[int]]
     # Usage as OpenAI reports it: tokens actually embedded, counted with the model's tokenizer.
     count: int
+    # What the per-request token limit counts: `count`, except for tiktoken ids, where it is
+    # the ids as sent (see tokenize).
+    limited: int
 
 
 def tokenize(req: EmbeddingRequest, model: ServedModel) -> Tokens:
     embedder = model.embedder
     if req.texts is not None:
-        ids = embedder.tokenize(req.texts)
-    else:
-        rows = req.ids or []
-        if model.encoding is not None:
-            _check_range(rows, model.encoding.n_vocab, model.encoding.name)
-            texts = decode_to_texts(model.encoding, rows)
-            if texts is None:
-                raise bad_request(
-                    f"'input' holds ids that are not tokens of {model.encoding.name}",
-                    param="input",
-                )
-            ids = embedder.tokenize(texts)
-        else:
-            _check_range(rows, embedder.vocab_size, "this model's vocabulary")
-            ids = rows
+        return _fit(embedder.tokenize(req.texts), model)
+    rows = req.ids or []
+    if model.encoding is None:
+        _check_range(rows, embedder.vocab_size, "this model's vocabulary")
+        return _fit(rows, model)
+    _check_range(rows, model.encoding.n_vocab, model.encoding.name)
+    # The limits count the encoding's ids, as OpenAI counts them: clients size their chunks
+    # (LangChain: 8191 ids) and batches (300,000 ids) by them, and our tokenizer may need 10-30%
+    # more tokens for the same text, which would refuse what OpenAI takes. What a row decodes
+    # to is bounded (cl100k_base's longest token is 128 bytes), so the work stays bounded.
+    sent = _fit(rows, model)
+    texts = decode_to_texts(model.encoding, sent.ids)
+    if texts is None:
+        raise bad_request(
+            f"'input' holds ids that are not tokens of {model.encoding.name}", param="input"
+        )
+    ids = embedder.tokenize(texts)
+    _check_not_empty(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))
+    return Tokens(ids, sum(map(len, ids)), sent.limited)
+
+
+def _fit(ids: list[list[int]], model: ServedModel) -> Tokens:
+    """`ids` within the model's max_tokens per input: an error, or truncated (on_overflow)."""
     limit = model.entry.max_tokens
     ids, lengths = truncate(ids, limit)
-    if not lengths.min():
-        raise bad_request(
-            f"'input[{int(lengths.argmin())}]' has no tokens after tokenization", param="input"
-        )
+    _check_not_empty(lengths)
     longest = int(lengths.max())
     if longest > limit and model.entry.on_overflow == "error":
         raise bad_request(
@@ -55,7 +63,15 @@ def tokenize(req: EmbeddingRequest, model: ServedModel) -> Tokens:
             f"maximum of {limit} tokens per input; shorten it or split it",
             param="input",
         )
-    return Tokens(ids, int(np.minimum(lengths, limit).sum()))
+    count = int(np.minimum(lengths, limit).sum())
+    return Tokens(ids, count, count)
+
+
+def _check_not_empty(lengths: np.ndarray) -> None:
+    if not lengths.min():
+        raise bad_request(
+            f"'input[{int(lengths.argmin())}]' has no tokens after tokenization", param="input"
+        )
 
 
 def _check_range(rows: list[list[int]], size: int, what: str) -> None:
