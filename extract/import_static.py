@@ -223,6 +223,10 @@ def read_sentence_transformers(folder: Path) -> ImportedModel:
                 f"{folder}/modules.json: {module.get('type')} after StaticEmbedding: only "
                 "StaticEmbedding (+ Normalize) models can be served as a table"
             )
+        config = folder / module.get("path", "") / "config.json"
+        target = _read_json(config).get("module_input_name") if config.is_file() else None
+        if target not in (None, "sentence_embedding"):
+            raise ExtractError(f"{config}: Normalize of {target!r}, not the sentence embedding")
     module_dir = folder / modules[0].get("path", "")
     config_path = folder / "config_sentence_transformers.json"
     config = _read_json(config_path) if config_path.is_file() else {}
@@ -322,7 +326,12 @@ READERS: dict[str, Callable[[Path], ImportedModel]] = {
 
 def check_options(args: argparse.Namespace, defaults: Callable[[str], object], kind: str) -> None:
     """Refuse LLM-extraction options set on the command line for an import (exit 2)."""
-    given = [f"--{d.replace('_', '-')}" for d in LLM_ONLY if getattr(args, d) != defaults(d)]
+    given = [
+        # --no-center, --no-add-special-tokens: the spelling that turned a default on off.
+        f"--{'no-' if getattr(args, d) is False else ''}{d.replace('_', '-')}"
+        for d in LLM_ONLY
+        if getattr(args, d) != defaults(d)
+    ]
     if given:
         raise UsageError(
             f"{', '.join(given)}: LLM extraction only; a {kind} model is served as trained "
