@@ -3,7 +3,6 @@ equal the library's own encode, and the manifest says where they came from."""
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 import zipfile
@@ -21,6 +20,7 @@ from extract.fetch import FetchError, extract_tree
 from extract.source import sha256_file
 from server import create_app
 from tests import static_models as sm
+from tests.harness import served_encoder
 from tests.test_extract import one_line_error
 from zeroth.checkpoint import EMBED, TOKEN_WEIGHTS, Checkpoint, CheckpointError
 from zeroth.manifest import Manifest, TokenizerSpec
@@ -51,14 +51,8 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(both_zero, 1.0, cos)
 
 
-def served(client, model: str, texts: list[str], **extra) -> np.ndarray:
-    resp = client.post(
-        "/v1/embeddings",
-        json={"model": model, "input": texts, "encoding_format": "base64", **extra},
-    )
-    assert resp.status_code == 200, resp.get_json()
-    rows = sorted(resp.get_json()["data"], key=lambda d: d["index"])
-    return np.stack([np.frombuffer(base64.b64decode(r["embedding"]), "<f4") for r in rows])
+def served(client, model: str, texts: list[str], **request) -> np.ndarray:
+    return served_encoder(client, model, **request)(texts)
 
 
 # --- the checkpoint format: a table without a norm ------------------------------------------
