@@ -146,21 +146,32 @@ def _is_type(module: dict, name: str) -> bool:
     return str(module.get("type", "")).rsplit(".", 1)[-1] == name
 
 
+def _is_llm(config: dict) -> bool:
+    from zeroth.families import UnknownFamilyError, detect_family
+
+    try:
+        detect_family(config)
+    except UnknownFamilyError:
+        return False
+    return True
+
+
 def detect(folder: Path) -> Library | None:
     """Which library's model the folder holds; None for anything else (an LLM checkpoint)."""
     if not folder.is_dir():
         return None
     if (folder / "tokenizers").is_dir() and _wordllama_weights(folder):
         return "wordllama"
-    config = folder / "config.json"
-    if config.is_file():
-        data = _read_json(config)
-        if isinstance(data, dict) and data.get("model_type") == "model2vec":
-            return "model2vec"
+    config_path = folder / "config.json"
+    config = _read_json(config_path) if config_path.is_file() else {}
+    if isinstance(config, dict) and config.get("model_type") == "model2vec":
+        return "model2vec"
     modules = _modules(folder)
     if modules is not None:
         if modules and _is_type(modules[0], "StaticEmbedding"):
             return "sentence-transformers"
+        if isinstance(config, dict) and _is_llm(config):
+            return None  # an LLM-based sentence-transformers model: its table is extracted
         first = modules[0].get("type", "?") if modules else "nothing"
         raise ExtractError(
             f"{folder}: a sentence-transformers model whose first module is {first}: only "

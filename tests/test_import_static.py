@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from extract.cli import main
 from extract.fetch import FetchError, extract_tree
+from extract.import_static import detect
 from extract.source import sha256_file
 from server import create_app
 from tests import static_models as sm
@@ -318,6 +319,19 @@ def test_bad_folders_are_one_line_errors(tmp_path, capsys):
     rc, err = run_cli([small, "--out", out], capsys)
     assert rc == 1 and "only 10 rows" in one_line_error(err)
     assert not out.exists()
+
+
+def test_llm_folders_are_not_imports(tmp_path):
+    from tests.tiny_models import save_tiny_model
+
+    llm = save_tiny_model("qwen2", tmp_path / "qwen2")
+    assert detect(llm) is None
+    # An LLM-based sentence-transformers model (modules.json, Transformer first) is still an LLM.
+    _write_modules(llm, ["sentence_transformers.models.Transformer"])
+    assert detect(llm) is None
+    assert detect(sm.save_model2vec(tmp_path / "m2v")) == "model2vec"
+    assert detect(sm.save_static_embedding(tmp_path / "st")) == "sentence-transformers"
+    assert detect(sm.save_wordllama(tmp_path / "wl")) == "wordllama"
 
 
 def test_openvino_ir_of_an_imported_model(tmp_path, capsys):
