@@ -124,7 +124,8 @@ def _source(kind: Library, folder: Path, weights: Path) -> SourceSpec:
 
 
 def _wordllama_weights(folder: Path) -> list[Path]:
-    # Binary variants (<config>_<dim>_binary.safetensors) are not dense tables.
+    # <config>_<dim>_binary.safetensors feeds the library's binary (Hamming) mode, which an
+    # OpenAI endpoint has no format for; the wheel ships none.
     return sorted(
         p for p in (folder / "weights").glob("*.safetensors") if not p.stem.endswith("_binary")
     )
