@@ -1,13 +1,15 @@
 """Point OpenAI model names at a checkpoint in models_list.yaml, keeping the file's other content.
 
 ruamel.yaml's round-trip mode keeps comments, key order and other entries (with their extra keys
-such as backend or device) as they were; only `path` of the named entries is set.
+such as backend or device) as they were; only `path` of the named entries is set (plus, for an
+imported model whose library truncates, its `max_tokens` and `on_overflow`).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from ruamel.yaml import YAML
@@ -53,8 +55,14 @@ def check_models_list(models_list: Path) -> None:
     _load(models_list, _yaml())
 
 
-def add_aliases(models_list: Path, checkpoint: Path, names: list[str]) -> None:
-    """Add or update `models.<name>.path` for each name, pointing at `checkpoint`."""
+def add_aliases(
+    models_list: Path,
+    checkpoint: Path,
+    names: list[str],
+    settings: Mapping[str, object] | None = None,
+) -> None:
+    """Add or update `models.<name>.path` for each name, pointing at `checkpoint`, and set the
+    entry keys in `settings` (an imported model's token limit)."""
     yaml = _yaml()
     data, text_prefix = _load(models_list, yaml)
     models = data["models"]
@@ -64,7 +72,8 @@ def add_aliases(models_list: Path, checkpoint: Path, names: list[str]) -> None:
         if isinstance(entry, dict):
             entry["path"] = rel
         else:
-            models[name] = CommentedMap(path=rel)
+            entry = models[name] = CommentedMap(path=rel)
+        entry.update(settings or {})
     models_list.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=models_list.parent, prefix=f".{models_list.name}.")
     try:

@@ -6,15 +6,23 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from extract import postprocess
 from extract.errors import ExtractError, UsageError
 
+if TYPE_CHECKING:
+    from zeroth.checkpoint import Checkpoint
+
 DESCRIPTION = """\
 Cut the token-embedding table and one RMSNorm weight out of a causal LLM (Llama, Mistral,
 Qwen2, Gemma 1-3) into a small static-embedding checkpoint: model.safetensors, the tokenizer
-and manifest.json. mergekit slices the model with a template in configs/; only embed_tokens
-and the chosen norm are read back and kept."""
+and manifest.json. mergekit slices the model with a template in configs/ (one per slice); only
+embed_tokens and the chosen norm are read back and kept.
+
+A model2vec, sentence-transformers StaticEmbedding or WordLlama folder is imported instead: its
+table is kept as stored, with the library's tokenizer settings, so the server answers with the
+library's own vectors (detected from the folder's files; the LLM-only options are refused)."""
 
 EPILOG = """\
 examples:
@@ -23,6 +31,8 @@ examples:
   python -m extract .cache/weights/gemma-3-270m-q4_k_m.gguf --out models/gemma3-270m --dtype float16
   python -m extract path/to/hf-checkpoint --out models/mine --norm layer0 --openvino
   python -m extract HuggingFaceTB/SmolLM2-135M --out models/smol   # hub id (needs network)
+  python -m extract.fetch wordllama && python -m extract .cache/weights/wordllama --out models/wl
+  python -m extract path/to/model2vec-model --out models/m2v --alias m2v
 
 exit status: 0 ok, 1 extraction failed, 2 bad arguments or output exists."""
 
@@ -53,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         "source",
         metavar="SOURCE",
         help="a local Hugging Face checkpoint directory, a .gguf file (converted once with "
-        "transformers' GGUF loader, cached by sha256), or a hub model id (downloads)",
+        "transformers' GGUF loader, cached by sha256), a hub model id (downloads), or a "
+        "model2vec / sentence-transformers StaticEmbedding / WordLlama folder (imported)",
     )
     parser.add_argument(
         "--out", required=True, type=Path, help="checkpoint directory to write (models/NAME)"
@@ -130,6 +141,58 @@ def build_parser() -> argparse.ArgumentParser:
 
 def extract(args: argparse.Namespace) -> Path:
     """The whole pipeline; returns the checkpoint directory."""
+    from extract.import_static import alias_settings, check_options, detect
+    from extract.write import check_output, publish, staging_dir
+
+    log = Stages(args.quiet)
+    out: Path = args.out
+    check_output(out, args.force)
+    if args.ov_weights != "fp32" and not args.openvino:
+        raise UsageError("--ov-weights needs --openvino")
+    library = detect(Path(args.source).expanduser())
+    if library is not None:
+        check_options(args, build_parser().get_default, library)
+    if args.alias:
+        from extract.aliases import check_models_list
+
+        check_models_list(args.models_list)
+
+    settings: dict[str, object] = {}
+    with staging_dir(out) as staging:
+        if library is None:
+            ckpt = extract_llm(args, staging, log)
+        else:
+            ckpt = import_library_model(args, library, staging, log)
+            settings = alias_settings(ckpt.manifest.imported)
+        built = staging / "checkpoint"
+        ckpt.save_pretrained(built)
+        if args.openvino:
+            from extract.openvino_export import export_openvino
+            from extract.write import tool_versions
+
+            log(f"exporting OpenVINO IR ({args.ov_weights})")
+            spec = export_openvino(built, args.ov_weights)
+            ckpt.manifest.openvino = spec
+            ckpt.manifest.tools.update(tool_versions(("openvino",)))
+            ckpt.manifest.write(built)
+            log(
+                f"OpenVINO vs torch: max abs diff {spec.max_abs_diff:.2e}, "
+                f"min cosine {spec.min_cosine:.6f}"
+            )
+        publish(built, out, staging, args.force)
+    if args.alias:
+        from extract.aliases import add_aliases
+
+        add_aliases(args.models_list, out, args.alias, settings)
+        extra = "".join(f", {key}: {value}" for key, value in settings.items())
+        log(f"{args.models_list}: {', '.join(args.alias)} -> {out}{extra}")
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    log(f"wrote {out} ({size / 1e6:.1f} MB)")
+    return out
+
+
+def extract_llm(args: argparse.Namespace, staging: Path, log: Stages) -> Checkpoint:
+    """A causal LM's table and norm, sliced by mergekit, post-processed: the checkpoint."""
     from extract.mergekit_run import (
         SLICE_TEMPLATES,
         render_config,
@@ -139,24 +202,9 @@ def extract(args: argparse.Namespace) -> Path:
     )
     from extract.prune import read_embed_and_norm
     from extract.source import resolve_source
-    from extract.write import (
-        build_checkpoint,
-        check_output,
-        publish,
-        stage_tokenizer,
-        staging_dir,
-    )
+    from extract.write import build_checkpoint, stage_tokenizer
     from zeroth.families import UnknownFamilyError, detect_family, get_family
 
-    log = Stages(args.quiet)
-    out: Path = args.out
-    check_output(out, args.force)
-    if args.ov_weights != "fp32" and not args.openvino:
-        raise UsageError("--ov-weights needs --openvino")
-    if args.alias:
-        from extract.aliases import check_models_list
-
-        check_models_list(args.models_list)
     if not args.verbose:
         import transformers
 
@@ -172,64 +220,62 @@ def extract(args: argparse.Namespace) -> Path:
     merge_config = render_config(template, source.hf_dir, merge_dtype)
     layers = merge_config["slices"][0]["sources"][0]["layer_range"][1]
 
-    with staging_dir(out) as staging:
-        merged = staging / "mergekit"
-        log(f"mergekit: {family.name}, {template} template, layer_range [0, {layers}]")
-        run_mergekit(merge_config, merged, verbose=args.verbose, quiet=args.quiet)
-        embed, norm_weight = read_embed_and_norm(merged, args.norm, family.tensors)
-        tokenizer_src = merged if (merged / "tokenizer.json").is_file() else source.hf_dir
-        if not (tokenizer_src / "tokenizer.json").is_file():
-            raise ExtractError(f"{source.hf_dir}: no tokenizer.json (a fast tokenizer is needed)")
-        tokenizer_dir = stage_tokenizer(tokenizer_src, staging / "tokenizer")
-        log(f"kept embed_tokens {list(embed.shape)} and the {args.norm} norm")
-        ckpt = build_checkpoint(
-            family=family,
-            config=source.config,
-            embed=embed,
-            norm_weight=norm_weight,
-            norm_source=args.norm,
-            dtype=args.dtype,
-            tokenizer_dir=tokenizer_dir,
-            add_special_tokens=args.add_special_tokens,
-            source=source.spec,
-            extraction={
-                "method": "mergekit passthrough",
-                "template": str(template_path(template).name),
-                "layer_range": [0, layers],
-                "mergekit_dtype": merge_dtype,
-                "norm": args.norm,
-                "dtype": args.dtype,
-                "family": "given" if args.family else "detected",
-            },
-        )
-        try:
-            postprocess.apply(ckpt, args)
-        except (ValueError, OSError) as exc:  # its checks on the quality options, corpus files
-            raise UsageError(str(exc).splitlines()[0]) from exc
-        built = staging / "checkpoint"
-        ckpt.save_pretrained(built)
-        if args.openvino:
-            from extract.openvino_export import export_openvino
-            from extract.write import tool_versions
+    merged = staging / "mergekit"
+    log(f"mergekit: {family.name}, {template} template, layer_range [0, {layers}]")
+    run_mergekit(merge_config, merged, verbose=args.verbose, quiet=args.quiet)
+    embed, norm_weight = read_embed_and_norm(merged, args.norm, family.tensors)
+    tokenizer_src = merged if (merged / "tokenizer.json").is_file() else source.hf_dir
+    if not (tokenizer_src / "tokenizer.json").is_file():
+        raise ExtractError(f"{source.hf_dir}: no tokenizer.json (a fast tokenizer is needed)")
+    tokenizer_dir = stage_tokenizer(tokenizer_src, staging / "tokenizer")
+    log(f"kept embed_tokens {list(embed.shape)} and the {args.norm} norm")
+    ckpt = build_checkpoint(
+        family=family,
+        config=source.config,
+        embed=embed,
+        norm_weight=norm_weight,
+        norm_source=args.norm,
+        dtype=args.dtype,
+        tokenizer_dir=tokenizer_dir,
+        add_special_tokens=args.add_special_tokens,
+        source=source.spec,
+        extraction={
+            "method": "mergekit passthrough",
+            "template": str(template_path(template).name),
+            "layer_range": [0, layers],
+            "mergekit_dtype": merge_dtype,
+            "norm": args.norm,
+            "dtype": args.dtype,
+            "family": "given" if args.family else "detected",
+        },
+    )
+    try:
+        postprocess.apply(ckpt, args)
+    except (ValueError, OSError) as exc:  # its checks on the quality options, corpus files
+        raise UsageError(str(exc).splitlines()[0]) from exc
+    return ckpt
 
-            log(f"exporting OpenVINO IR ({args.ov_weights})")
-            spec = export_openvino(built, args.ov_weights)
-            ckpt.manifest.openvino = spec
-            ckpt.manifest.tools = tool_versions(("openvino",))
-            ckpt.manifest.write(built)
-            log(
-                f"OpenVINO vs torch: max abs diff {spec.max_abs_diff:.2e}, "
-                f"min cosine {spec.min_cosine:.6f}"
-            )
-        publish(built, out, staging, args.force)
-    if args.alias:
-        from extract.aliases import add_aliases
 
-        add_aliases(args.models_list, out, args.alias)
-        log(f"{args.models_list}: {', '.join(args.alias)} -> {out}")
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    log(f"wrote {out} ({size / 1e6:.1f} MB)")
-    return out
+def import_library_model(
+    args: argparse.Namespace, library: str, staging: Path, log: Stages
+) -> Checkpoint:
+    """A model2vec / sentence-transformers / WordLlama model, served as trained."""
+    from extract.import_static import READERS, build_checkpoint
+
+    model = READERS[library](Path(args.source).expanduser())
+    spec = model.spec
+    log(
+        f"{library} model: table {list(model.table.shape)}, mean pooling, "
+        f"{'unit' if spec.normalize else 'unnormalised'} vectors"
+        + (f", first {spec.max_tokens} tokens" if spec.max_tokens else ", no token limit")
+        + (f", Matryoshka dims {spec.matryoshka_dims}" if spec.matryoshka_dims else "")
+    )
+    ckpt = build_checkpoint(model, args.dtype, staging)
+    score = postprocess.stsb_dev_score(ckpt, args.eval_dir)
+    if score is not None:
+        ckpt.manifest.quality[postprocess.QUALITY_KEY] = score
+        log(f"STS-B dev Spearman {score}")
+    return ckpt
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,7 @@ import torch
 
 from zeroth import freq
 from zeroth.checkpoint import CENTER, COMPONENTS, TOKEN_WEIGHTS, Checkpoint
-from zeroth.fold import fold, rms_normalise
+from zeroth.fold import fold
 from zeroth.manifest import Manifest, PostprocessSpec
 from zeroth.tokenizer import TextTokenizer, load_tokenizer
 
@@ -136,8 +136,7 @@ def _tokenizer(ckpt: Checkpoint):
 
 
 def _normed(ckpt: Checkpoint) -> torch.Tensor:
-    m = ckpt.manifest
-    return rms_normalise(ckpt.embed, ckpt.norm_weight, m.norm.eps, m.embed_scale, m.norm.offset)
+    return ckpt.token_rows()
 
 
 def top_components(second_moment: torch.Tensor, k: int) -> torch.Tensor:
@@ -300,11 +299,8 @@ def subtable_encoder(ckpt: Checkpoint, tokenizer):
         flat = np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in enc])
         used = np.unique(flat)
         rows = torch.from_numpy(used)
-        normed = rms_normalise(
-            ckpt.embed[rows], ckpt.norm_weight, m.norm.eps, m.embed_scale, m.norm.offset
-        )
         sub = fold(
-            normed,
+            ckpt.token_rows(rows),
             None if weights is None else weights[rows],
             ckpt.optional(CENTER),
             ckpt.optional(COMPONENTS),

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from zeroth.fold import rms_normalise
 from zeroth.manifest import MANIFEST_NAME, WEIGHTS_NAME, Manifest
 
 # Tensor names inside model.safetensors.
@@ -52,6 +53,15 @@ class Checkpoint:
     def optional(self, name: str) -> torch.Tensor | None:
         return self.tensors.get(name)
 
+    def token_rows(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Each token's vector before post-processing, in fp32 (all rows, or `rows`): after the
+        family's embedding scale and RMSNorm, or as stored when the manifest has no norm."""
+        m = self.manifest
+        embed = self.embed if rows is None else self.embed[rows]
+        if m.norm is None:
+            return embed.to(torch.float32)
+        return rms_normalise(embed, self.norm_weight, m.norm.eps, m.embed_scale, m.norm.offset)
+
     @classmethod
     def from_pretrained(cls, path: str | Path) -> Checkpoint:
         path = Path(path)
@@ -65,7 +75,7 @@ class Checkpoint:
         if not weights.is_file():
             raise CheckpointError(f"{path}: missing {WEIGHTS_NAME}")
         tensors = load_file(str(weights))
-        for name in (EMBED, NORM):
+        for name in (EMBED, NORM) if manifest.norm is not None else (EMBED,):
             if name not in tensors:
                 raise CheckpointError(f"{weights}: missing tensor {name!r}")
         rows, dim = tensors[EMBED].shape

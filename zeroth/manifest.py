@@ -2,8 +2,8 @@
 
 A checkpoint directory holds:
   manifest.json       this model, serialised
-  model.safetensors   embed_tokens [V, H], norm [H]; optionally token_weights [V],
-                      center [H], components [K, H] (see zeroth.fold)
+  model.safetensors   embed_tokens [V, H], norm [H] (absent when the manifest's norm is None);
+                      optionally token_weights [V], center [H], components [K, H] (zeroth.fold)
   tokenizer.json      a `tokenizers` fast tokenizer (plus the HF tokenizer side files)
   openvino/           optional IR of the pooling graph
 """
@@ -56,11 +56,44 @@ class PostprocessSpec(_Strict):
     remove_components: int = 0
 
 
+# Static-embedding libraries whose trained models `python -m extract` imports.
+LIBRARIES = ("model2vec", "sentence-transformers", "wordllama")
+Library = Literal["model2vec", "sentence-transformers", "wordllama"]
+
+
 class SourceSpec(_Strict):
-    kind: Literal["hub", "hf_dir", "gguf"]
+    kind: Literal["hub", "hf_dir", "gguf"] | Library
     id: str
     revision: str | None = None
+    # Of the GGUF file, or of an imported model's weights file (`file`, relative to `id`).
     sha256: str | None = None
+    file: str | None = None
+
+
+class ImportSpec(_Strict):
+    """What the library an imported model came from does in its own encode, as read from the
+    model's files at import. The checkpoint reproduces it: the table holds the rows its encode
+    averages, the tokenizer spec its special-token setting, and token_weights is 0 for ids it
+    leaves out (1 elsewhere). Limits the server applies per alias (max_tokens, normalize) are
+    recorded here for `--alias` and for the reader."""
+
+    library: Library
+    # The library version that wrote the files, where they say; else the one installed at import.
+    version: str | None = None
+    pooling: Literal["mean"] = "mean"
+    # Whether its encode returns unit vectors by default (the server's `normalize` decides).
+    normalize: bool
+    # It keeps the first max_tokens tokens of a text (None: no limit).
+    max_tokens: int | None = None
+    # It also cuts a text to this many characters before tokenising (model2vec).
+    max_chars: int | None = None
+    # It leaves the unknown token out of the mean (model2vec); this id has weight 0.
+    drop_token_id: int | None = None
+    # Prefix sizes the model was trained to be truncated to (Matryoshka), largest last.
+    matryoshka_dims: list[int] | None = None
+    # Set when the columns are PCA components, largest variance first (model2vec's
+    # `dimensionality=` truncates them, as `dimensions` does).
+    pca_dims: int | None = None
 
 
 class OpenVINOSpec(_Strict):
@@ -78,10 +111,12 @@ class Manifest(_Strict):
     hidden_size: int
     dtype: Literal["float32", "float16", "bfloat16"]
     embed_scale: float = 1.0
-    norm: NormSpec
+    # None: the rows are used as stored (imported static models: no scale, no RMSNorm).
+    norm: NormSpec | None = None
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
     postprocess: PostprocessSpec = Field(default_factory=PostprocessSpec)
     source: SourceSpec | None = None
+    imported: ImportSpec | None = None
     extraction: dict = Field(default_factory=dict)
     tools: dict[str, str] = Field(default_factory=dict)
     openvino: OpenVINOSpec | None = None

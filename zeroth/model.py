@@ -12,7 +12,7 @@ import torch
 from tokenizers import Tokenizer
 
 from zeroth.checkpoint import CENTER, COMPONENTS, TOKEN_WEIGHTS, Checkpoint
-from zeroth.fold import FoldedTable, fold, rms_normalise
+from zeroth.fold import FoldedTable, fold
 from zeroth.manifest import Manifest
 from zeroth.pooling import OpenVINOPooler, Pooler, TorchPooler, l2_normalise
 from zeroth.tokenizer import TextTokenizer
@@ -23,10 +23,8 @@ Pooling = Literal["mean", "max"]
 
 def folded_table(ckpt: Checkpoint, pooling: Pooling = "mean") -> FoldedTable:
     """The serving table of a checkpoint. Max pooling ignores token weights."""
-    m = ckpt.manifest
-    normed = rms_normalise(ckpt.embed, ckpt.norm_weight, m.norm.eps, m.embed_scale, m.norm.offset)
     weights = ckpt.optional(TOKEN_WEIGHTS) if pooling == "mean" else None
-    return fold(normed, weights, ckpt.optional(CENTER), ckpt.optional(COMPONENTS))
+    return fold(ckpt.token_rows(), weights, ckpt.optional(CENTER), ckpt.optional(COMPONENTS))
 
 
 class StaticEmbedder:
@@ -107,16 +105,13 @@ def flatten(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
 
 def reference_embed(ckpt: Checkpoint, ids: Sequence[Sequence[int]]) -> np.ndarray:
     """Straightforward, unfolded computation: the oracle the fast path is tested against."""
-    m = ckpt.manifest
     w = ckpt.optional(TOKEN_WEIGHTS)
     c = ckpt.optional(CENTER)
     u = ckpt.optional(COMPONENTS)
     out = []
     for row in ids:
         idx = torch.tensor(row, dtype=torch.long)
-        x = rms_normalise(
-            ckpt.embed[idx], ckpt.norm_weight, m.norm.eps, m.embed_scale, m.norm.offset
-        )
+        x = ckpt.token_rows(idx)
         a = torch.ones(len(row)) if w is None else w.to(torch.float32)[idx]
         v = (a[:, None] * x).sum(0) / a.sum()
         if c is not None:

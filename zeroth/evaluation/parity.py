@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.inputs:
         texts = [t for t in args.inputs.read_text().splitlines() if t.strip()]
     ckpt = Checkpoint.from_pretrained(args.checkpoint)
+    if ckpt.manifest.norm is None:
+        p.error(f"{args.checkpoint}: its table is served as stored (no LLM norm to compare with)")
     tokenizer = load_tokenizer(args.checkpoint / ckpt.manifest.tokenizer.file)
     add_special = ckpt.manifest.tokenizer.add_special_tokens
     token_ids = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=add_special)]

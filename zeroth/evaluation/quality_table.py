@@ -98,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for spec in args.base:
             label, _, directory = spec.partition("=")
             base = Checkpoint.from_pretrained(directory)
+            if base.manifest.norm is None:
+                p.error(f"{directory}: the table is served as stored; the variants need an LLM")
             norm = base.manifest.norm.source
             for name in args.variants:
                 title, flags = VARIANTS[name]
