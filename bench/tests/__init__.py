@@ -1,0 +1,1 @@
+"""The benchmark tools' own tests (run with the rest by pytest)."""
