@@ -19,7 +19,10 @@ from zeroth.evaluation.tasks import DEFAULT_TASKS, load_stsb
 Encode = Callable[[Sequence[str]], np.ndarray]
 REPO = Path(__file__).resolve().parents[1]
 EVAL_DIR = Path(os.environ.get("ZEROTH_EVAL_DIR", REPO.parent / "shared" / "eval"))
-TASKS = DEFAULT_TASKS
+# Every default task but Banking77: its cross-validated classifier costs a minute a row in CI,
+# and vectors equal to 1e-4 (checked sentence by sentence) cannot move it; the README's full
+# rows come from `python -m zeroth.evaluation`.
+TASKS = tuple(t for t in DEFAULT_TASKS if t != "banking77")
 
 
 def eval_dir() -> Path:

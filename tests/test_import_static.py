@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import make_app
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -19,7 +20,6 @@ from extract.cli import main
 from extract.fetch import FetchError, extract_tree
 from extract.import_static import detect
 from extract.source import sha256_file
-from server import create_app
 from tests import static_models as sm
 from tests.harness import served_encoder
 from tests.test_extract import one_line_error
@@ -201,7 +201,7 @@ def served_app(tmp_path_factory):
     data = yaml.safe_load(models_list.read_text())
     data["models"]["wl-raw"] = {"path": "wl", "normalize": False}
     models_list.write_text(yaml.safe_dump(data))
-    app = create_app(models_list)
+    app = make_app(models_list)
     app.config["TESTING"] = True
     return app, folders, data["models"]
 

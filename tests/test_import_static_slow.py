@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import make_app
 
 from extract.cli import main
 from extract.fetch import fetch_minilm, fetch_wordllama
 from extract.source import sha256_file
-from server import create_app
 from tests.harness import eval_dir, harness_row, served_encoder, stsb_dev_sentences
 from tests.test_import_static import cosines
 from zeroth.manifest import Manifest
@@ -71,7 +71,7 @@ def served(tmp_path_factory, wordllama_folder, model2vec_folder, static_embeddin
     data["models"]["wordllama-raw"] = {"path": "wordllama", "normalize": False}
     data["models"]["m2v-raw"] = {**data["models"]["m2v"], "normalize": False}
     models_list.write_text(yaml.safe_dump(data))
-    app = create_app(models_list)
+    app = make_app(models_list)
     app.config["TESTING"] = True
     return root, app.test_client()
 
