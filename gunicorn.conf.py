@@ -2,7 +2,9 @@
 
 Environment: MODELS_LIST (models list file), ZEROTH_BIND (0.0.0.0:8000), ZEROTH_WORKERS (2),
 ZEROTH_THREADS (1 per worker), ZEROTH_TIMEOUT (60 s), ZEROTH_GRACEFUL_TIMEOUT (30 s),
-ZEROTH_LOG_LEVEL (info), PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless set);
+ZEROTH_DRAIN_SECONDS (0; on SIGTERM, serve this long with /ready at 503 before the graceful
+stop: zeroth/drain.py), ZEROTH_LOG_LEVEL (info), PROMETHEUS_MULTIPROC_DIR (a fresh temporary
+folder unless set);
 read by our worker (zeroth/gunicorn_worker.py): ZEROTH_IO_TIMEOUT (10 s), ZEROTH_LEAN_HTTP (1).
 
 Reload: `kill -HUP <master>` (or POST /admin/reload). gunicorn re-reads this file, on_reload
@@ -39,6 +41,9 @@ if os.environ.get("ZEROTH_CONF_PID") != str(os.getpid()):
 
 import torch  # noqa: E402
 
+# Maps the drain flag here, in the master, so that every worker forked later shares it.
+from zeroth import drain  # noqa: E402
+
 # With preload, the master runs torch ops (folding the table) before forking; unless torch is
 # single-threaded by then, its thread pool's locks are copied held and the workers deadlock.
 torch.set_num_threads(1)
@@ -74,6 +79,7 @@ def when_ready(server):
     # copying) those pages in the workers.
     gc.collect()
     gc.freeze()
+    drain.install(server, float(os.environ.get("ZEROTH_DRAIN_SECONDS", "0")))
 
 
 def post_fork(server, worker):

@@ -15,6 +15,7 @@ from zeroth.api.pool import output_dimensions, pool
 from zeroth.api.request_log import Notes
 from zeroth.api.schemas import parse_embedding_request, read_json
 from zeroth.api.tokenize import tokenize
+from zeroth.drain import draining
 from zeroth.registry import ModelRegistry, NoModelGiven, ServedModel, UnknownModel
 
 REGISTRY = "zeroth.registry"
@@ -120,6 +121,8 @@ def ready() -> Response:
     registry = get_registry()
     if not registry.ready:
         return _json({"status": "loading"}, 503)
+    if draining():  # still serving, but going away: route new work elsewhere
+        return _json({"status": "draining"}, 503)
     return _json({"status": "ready", "models": len(registry)})
 
 
