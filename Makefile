@@ -8,7 +8,7 @@ MODEL_DIR := models/smollm2-135m
 CHROMIUM ?= chromium
 SMOLLM2_GGUF := .cache/weights/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: venv model browser serve dev test test-fast lint bench clean
+.PHONY: venv model browser serve dev test test-fast lint bench rolling-restart clean
 
 venv: $(VENV)/.installed
 
@@ -60,6 +60,12 @@ test-fast: venv
 
 bench: venv model
 	$(PY) -m bench.side_by_side
+
+# Two replicas behind nginx (apt-get install nginx): a rolling restart under load, then a slow
+# client; prints the figures and writes them to bench/results/rolling_restart.json.
+rolling-restart: venv model
+	mkdir -p bench/results
+	TIKTOKEN_CACHE_DIR=.cache/tiktoken $(PY) -m bench.rolling_restart --save bench/results/rolling_restart.json
 
 clean:
 	rm -rf $(VENV) .cache models

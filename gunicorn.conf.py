@@ -45,6 +45,9 @@ if os.environ.get("ZEROTH_CONF_PID") != str(os.getpid()):
 
 import torch  # noqa: E402
 
+# Maps the drain flag here, in the master, so that every worker forked later shares it.
+from zeroth import drain  # noqa: E402
+
 # With preload, the master runs torch ops (folding the table) before forking; unless torch is
 # single-threaded by then, its thread pool's locks are copied held and the workers deadlock.
 torch.set_num_threads(1)
@@ -80,6 +83,7 @@ def when_ready(server):
     # copying) those pages in the workers.
     gc.collect()
     gc.freeze()
+    drain.install(server, settings.drain_seconds)
 
 
 def post_fork(server, worker):

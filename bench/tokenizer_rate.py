@@ -62,13 +62,13 @@ def _worker(
     ready.put(os.getpid())
     start.wait()
     tokens = calls = 0
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     deadline = t0 + duration
     while time.perf_counter() < deadline:
         batch = texts[calls % len(texts)]
         tokens += count(batch)
         calls += 1
-    out.put((tokens, calls, time.perf_counter() - t0))
+    out.put((tokens, calls, time.perf_counter() - t0, time.process_time() - cpu0))
 
 
 def tokenizer_rate(
@@ -120,6 +120,7 @@ def tokenizer_rate(
     tokens = sum(r[0] for r in results)
     calls = sum(r[1] for r in results)
     wall = max(r[2] for r in results)
+    cpu = sum(r[3] for r in results)
     return {
         "impl": impl,
         "processes": processes,
@@ -128,6 +129,9 @@ def tokenizer_rate(
         "inputs_per_s": calls * batch_size / wall,
         "batches_per_s": calls / wall,
         "duration_s": wall,
+        # Per CPU-second the processes got: what other load on the machine does not change.
+        "inputs_per_cpu_s": calls * batch_size / cpu,
+        "cpu_seconds": cpu,
     }
 
 

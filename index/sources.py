@@ -134,6 +134,46 @@ class ParquetColumnsDatasource(FileBasedDatasource):
             yield parquet.read_row_group(group, columns=self.columns)
 
 
+class JsonLinesDatasource(FileBasedDatasource):
+    """JSON Lines, parsed by Arrow a chunk of whole lines at a time, as the file streams in.
+
+    Not `ray.data.read_json`: in Ray 2.60 it decompresses and parses a whole file before its
+    first block goes out, so on a single big file the embedding actors sat idle for the whole
+    read (measured: the largest gap between the indexer and the embedding code alone). Here
+    blocks leave as soon as CHUNK_BYTES of lines are parsed, and the read overlaps the
+    embedding.
+    """
+
+    _FILE_EXTENSIONS = extensions("jsonl")
+    CHUNK_BYTES = 8 << 20
+
+    def __init__(self, paths: list[str], *, parse_options: pajson.ParseOptions, **kwargs):
+        super().__init__(paths, **kwargs)
+        self.parse_options = parse_options
+
+    def _parse(self, data: bytes, path: str) -> pa.Table:
+        # One Arrow block for the whole chunk: a line longer than Arrow's default 1 MiB block
+        # cannot straddle two.
+        options = pajson.ReadOptions(use_threads=False, block_size=max(len(data), 1 << 20))
+        try:
+            return pajson.read_json(pa.BufferReader(data), options, self.parse_options)
+        except pa.ArrowInvalid as exc:
+            raise InputError(f"{path}: {exc}".splitlines()[0]) from None
+
+    def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
+        rest = b""
+        while chunk := f.read(self.CHUNK_BYTES):
+            data = rest + chunk
+            end = data.rfind(b"\n") + 1
+            if end == 0:  # no whole line yet
+                rest = data
+                continue
+            rest = data[end:]
+            yield self._parse(data[:end], path)
+        if rest.strip():
+            yield self._parse(rest, path)
+
+
 def numbered_lines(data: bytes, name: str | None = None) -> pa.Table:
     """(id, text) for each non-blank line; id = line number, or "<name>:<number>" with a name."""
     # split("\n"), not splitlines(): the latter also breaks on \x0c, \u2028 ... and would
@@ -255,10 +295,11 @@ def read_documents(
     # suffix filter, so a README next to the data is not read as data.
     suffixes = {"file_extensions": extensions(fmt) if folders else None}
     if fmt == "jsonl":
-        # Arrow's reader (Ray's default, lines=False) takes JSON Lines as is and keeps types;
-        # lines=True goes through pandas, which turns an id like "0042" into the number 42.
+        # Arrow's reader keeps types (Ray's pandas route, lines=True, turns an id like "0042"
+        # into the number 42).
         options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-        ds = ray.data.read_json(paths, num_cpus=READ_CPUS, parse_options=options, **suffixes)
+        source = JsonLinesDatasource(paths, parse_options=options, **suffixes)
+        ds = ray.data.read_datasource(source, num_cpus=READ_CPUS)
     else:
         source = ParquetColumnsDatasource(paths, columns=fields, **suffixes)
         ds = ray.data.read_datasource(source, num_cpus=READ_CPUS)

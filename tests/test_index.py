@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import pytest
 
@@ -28,8 +29,10 @@ from index.embed import EmbedBatch, EmbedOptions
 from index.shards import committed_shards, read_output, vector_column, written_ids
 from index.sources import (
     InputError,
+    JsonLinesDatasource,
     detect_format,
     join_fields,
+    json_schema,
     numbered_lines,
     read_documents,
     to_documents,
@@ -140,6 +143,23 @@ def test_text_lines_are_numbered_from_one():
     ]
     named = numbered_lines(data, "docs.txt").column("id").to_pylist()
     assert named == ["docs.txt:1", "docs.txt:4", "docs.txt:5"]
+
+
+def test_json_lines_are_parsed_in_chunks_of_whole_lines(tmp_path, monkeypatch):
+    records = [{"id": f"d{i}", "text": "é" * (i % 7)} for i in range(50)]
+    records.append({"id": "long", "text": "y" * (3 << 20)})  # longer than a chunk and Arrow's block
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records))  # no newline at the end
+    options = pajson.ParseOptions(explicit_schema=json_schema(records[0], "id", ["text"]))
+    source = JsonLinesDatasource([str(path)], parse_options=options)
+    monkeypatch.setattr(JsonLinesDatasource, "CHUNK_BYTES", 100)
+    with pa.OSFile(str(path)) as f:
+        tables = list(source._read_stream(f, str(path)))
+    assert len(tables) > 10, "yielded as the file is read, not at its end"
+    assert pa.concat_tables(tables).to_pylist() == records
+    path.write_text('{"id": "a", "text": "x"}\n{"id": "b", "text": \n')
+    with pa.OSFile(str(path)) as f, pytest.raises(InputError, match="c.jsonl: "):
+        list(source._read_stream(f, str(path)))
 
 
 def test_bad_inputs_fail_with_one_line(tmp_path):

@@ -26,6 +26,10 @@ ENVIRON_ALLOWED: dict[tuple[str, str], str] = {
         "PYTORCH_NVML_BASED_CUDA_CHECK is torch's: asking NVML keeps CUDA uninitialised in a "
         "gunicorn master that forks"
     ),
+    ("zeroth/proxy.py", "NginxProxy.start"): (
+        "nginx, started for a test or benchmark, inherits this process's environment; nothing "
+        "is read from it here"
+    ),
     ("zeroth/launch.py", "server_env"): (
         "the server a test or benchmark starts inherits this process's environment, as a "
         "deployed one does; nothing is read from it here"

@@ -27,6 +27,10 @@ are gthread's. What differs:
   worker that accepted them, and a burst of them (a client opening its pool) would otherwise
   often land on one worker and leave another idle.
 - the arbiter's heartbeat file is touched at most every HEARTBEAT seconds, not on every request.
+- while the server drains (zeroth/drain.py) every response closes its connection; once the
+  worker stops, it takes the connections already waiting to be accepted and closes its copy of
+  the listener at once, so that later connections are refused (a balancer tries another
+  replica) instead of queueing behind a listener nobody accepts on, to be reset at exit.
 
 gunicorn.conf.py uses it when ZEROTH_THREADS is 1 (the default) and gthread otherwise.
 """
@@ -49,6 +53,7 @@ from gunicorn.http.unreader import IterUnreader, SocketUnreader
 from gunicorn.http.wsgi import base_environ
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from zeroth.drain import draining
 from zeroth.lean_http import HttpDate, LeanRequest, Limits, Responder, parse_head, wsgi_environ
 from zeroth.settings import Settings
 
@@ -177,6 +182,24 @@ class InlineWorker(ThreadWorker):
                 self._accept_at = None
                 self._accept_now = True
         super().set_accept_enabled(enabled)
+        if not enabled and not self.alive:  # gthread's run loop has ended: stopping
+            self._close_listeners()
+
+    def _close_listeners(self) -> None:
+        self._accept_now = True
+        for listener in self.sockets:
+            listener.setblocking(False)
+            while True:
+                held = self.nr_conns
+                self.accept(listener)  # served by gthread's graceful loop, like any other
+                if self.nr_conns == held:
+                    break
+            listener.close()
+
+    def handle_request(self, req, conn: TConn) -> bool:
+        if draining():
+            req.must_close = True  # gunicorn then answers "Connection: close"
+        return super().handle_request(req, conn)
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         if self._accept_at is not None:
@@ -273,7 +296,7 @@ class InlineWorker(ThreadWorker):
     def _answer(self, conn: TConn, req: LeanRequest, body: bytes) -> bool:
         self.nr += 1
         self.lean_served += 1
-        keep_alive = not req.close and self.alive and bool(self.cfg.keepalive)
+        keep_alive = not req.close and self.alive and bool(self.cfg.keepalive) and not draining()
         if self.nr >= self.max_requests:
             if self.alive:
                 self.log.info("Autorestarting worker after current request.")

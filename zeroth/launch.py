@@ -175,6 +175,20 @@ class GunicornServer:
     def stop(self, timeout: float = 30.0) -> int | None:
         return stop_process(self.proc, timeout) if self.proc is not None else None
 
+    def terminate(self) -> None:
+        """SIGTERM to the master alone, as Kubernetes and Docker send it (to the container's
+        first process): gunicorn drains (zeroth/drain.py) and stops gracefully; `wait()` for
+        it. `stop()` signals the whole process group, which skips the drain. `start()` again
+        brings a new server up on the same port."""
+        assert self.proc is not None, "not started"
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The master's exit status, once it has exited (TimeoutExpired after `timeout`)."""
+        assert self.proc is not None, "not started"
+        return self.proc.wait(timeout)
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 

@@ -47,6 +47,14 @@ class Settings(BaseModel):
     graceful_timeout: Annotated[int, Field(ge=0)] = Field(
         30, **_env("ZEROTH_GRACEFUL_TIMEOUT", "seconds in-flight requests get on SIGTERM/reload")
     )
+    drain_seconds: Annotated[float, Field(ge=0)] = Field(
+        0.0,
+        **_env(
+            "ZEROTH_DRAIN_SECONDS",
+            "on SIGTERM, keep serving this long with `/ready` at 503 and connections closing, "
+            "so a balancer that routes on readiness moves away first (`zeroth/drain.py`)",
+        ),
+    )
     io_timeout: Annotated[float, Field(gt=0)] = Field(
         10.0,
         **_env(

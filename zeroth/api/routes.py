@@ -18,6 +18,7 @@ from zeroth.api.request_log import Notes
 from zeroth.api.schemas import parse_embedding_request, read_json
 from zeroth.api.state import state_of
 from zeroth.api.tokenize import tokenize
+from zeroth.drain import draining
 from zeroth.registry import ModelRegistry, NoModelGiven, ServedModel, UnknownModel
 
 EMBEDDINGS = "/v1/embeddings"
@@ -115,6 +116,8 @@ def ready() -> Response:
     registry = state_of().registry
     if not registry.ready:
         return _json({"status": "loading"}, 503)
+    if draining():  # still serving, but going away: route new work elsewhere
+        return _json({"status": "draining"}, 503)
     return _json({"status": "ready", "models": len(registry)})
 
 
