@@ -14,7 +14,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from zeroth.api.app import create_app
+from zeroth.api import app as api
 from zeroth.api.state import state_of
 from zeroth.config import ConfigError
 from zeroth.reload import install_sighup
@@ -26,7 +26,7 @@ def __getattr__(name: str) -> Flask:
     if name != "app":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     try:
-        application = create_app(Settings.from_env())
+        application = api.create_app(Settings.from_env())
     except ConfigError as exc:
         raise SystemExit(f"zeroth: {exc}") from None
     globals()["app"] = application
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         if args.models_list:
             settings = settings.model_copy(update={"models_list": Path(args.models_list)})
-        application = create_app(settings)
+        application = api.create_app(settings)
     except ConfigError as exc:
         parser.exit(1, f"zeroth: {exc}\n")
     install_sighup(state_of(application).reloader)

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_app
 
 from index.shards import committed_shards, read_output
 from index.sources import join_fields
-from server import create_app
 from tests.test_index import MODEL_DIR, ROOT, SCIFACT, needs_model
 
 pytestmark = [pytest.mark.slow, needs_model]
@@ -230,7 +230,7 @@ def test_node_lost_midway_the_run_completes_with_every_id_once(tmp_path: Path, c
     sample = random.Random(0).sample(sorted(texts), 256)
     models_list = tmp_path / "models_list.yaml"
     models_list.write_text(f"models:\n  m:\n    path: {MODEL_DIR}\n")
-    client = create_app(models_list).test_client()
+    client = make_app(models_list).test_client()
     resp = client.post(
         "/v1/embeddings",
         json={"model": "m", "input": [texts[i] for i in sample], "encoding_format": "base64"},

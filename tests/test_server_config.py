@@ -154,7 +154,7 @@ def test_models_list_precedence(monkeypatch) -> None:
         chosen.append(settings.models_list)
         raise ConfigError("stop before serving")
 
-    monkeypatch.setattr(server, "create_app", capture)
+    monkeypatch.setattr(server.api, "create_app", capture)
     monkeypatch.delenv("MODELS_LIST", raising=False)
     assert Settings.from_env().models_list == Path("models_list.yaml")
     monkeypatch.setenv("MODELS_LIST", "/etc/zeroth.yaml")
