@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 
-from zeroth.config import ConfigError
+from zeroth.models_list import ConfigError
 from zeroth.settings import Settings
 
 try:

@@ -16,7 +16,7 @@ from flask import Flask
 
 from zeroth.api import app as api
 from zeroth.api.state import state_of
-from zeroth.config import ConfigError
+from zeroth.models_list import ConfigError
 from zeroth.reload import install_sighup
 from zeroth.settings import Settings
 

@@ -36,8 +36,8 @@ import psutil
 import yaml
 
 from bench.common import synthetic_texts
-from zeroth.config import load_models_list
 from zeroth.launch import GunicornServer, free_port
+from zeroth.models_list import load_models_list
 
 REPO = Path(__file__).resolve().parent.parent
 # A unicode key: the test also shows that UTF-8 keys survive a real server's header handling.

@@ -21,8 +21,8 @@ import zeroth
 from index.embed import EmbedBatch, EmbedOptions
 from index.shards import ShardWriter, committed_shards, remove_partial, written_ids
 from index.sources import FORMATS, InputError, detect_format, read_documents
-from zeroth.config import DEFAULT_MAX_TOKENS
 from zeroth.manifest import MANIFEST_NAME, WEIGHTS_NAME, Manifest
+from zeroth.models_list import DEFAULT_MAX_TOKENS
 
 INFO_NAME = "index.json"
 LOCK_NAME = ".lock"

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from index.shards import vector_column
-from zeroth.config import DEFAULT_MAX_TOKENS
+from zeroth.models_list import DEFAULT_MAX_TOKENS
 from zeroth.tokenizer import truncate
 
 

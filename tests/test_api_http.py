@@ -13,7 +13,7 @@ from test_api_embeddings import assert_error
 
 from zeroth.api.app import create_app
 from zeroth.api.state import state_of
-from zeroth.config import load_models_list
+from zeroth.models_list import load_models_list
 from zeroth.registry import ModelRegistry
 from zeroth.settings import Settings
 

@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from zeroth.config import load_models_list, parse_models_list
+from zeroth.models_list import load_models_list, parse_models_list
 from zeroth.settings import Settings, env_name
 
 REPO = Path(__file__).resolve().parents[1]

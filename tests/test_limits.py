@@ -8,7 +8,7 @@ import pytest
 from conftest import make_app, write_models_list
 from test_api_embeddings import assert_error
 
-from zeroth.config import (
+from zeroth.models_list import (
     DEFAULT_MAX_INPUTS,
     DEFAULT_MAX_TOTAL_TOKENS,
     ConfigError,

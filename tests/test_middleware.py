@@ -26,7 +26,7 @@ from zeroth.api.auth import OPEN_PATHS, is_open
 from zeroth.api.middleware import RequestMiddleware
 from zeroth.api.request_log import log as request_logger
 from zeroth.api.state import state_of
-from zeroth.config import load_models_list
+from zeroth.models_list import load_models_list
 from zeroth.registry import ModelRegistry
 from zeroth.settings import Settings
 

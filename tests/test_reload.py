@@ -20,8 +20,8 @@ from test_api_embeddings import assert_error
 
 import zeroth.api.routes as routes
 from zeroth.api.state import state_of
-from zeroth.config import ConfigError
 from zeroth.launch import free_port, server_env, start_process, stop_process, wait_ready
+from zeroth.models_list import ConfigError
 from zeroth.registry import ModelRegistry, RegistryHolder, newest_version
 from zeroth.reload import Reloader
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import TINY_DIM, make_app, write_models_list
 
 import server
-from zeroth.config import DEFAULT_MAX_TOKENS, ConfigError, load_models_list
+from zeroth.models_list import DEFAULT_MAX_TOKENS, ConfigError, load_models_list
 from zeroth.registry import ModelRegistry
 from zeroth.settings import Settings
 

@@ -13,8 +13,8 @@ import pytest
 from conftest import write_models_list
 from pydantic import ValidationError
 
-from zeroth.config import ConfigError
 from zeroth.launch import GunicornServer
+from zeroth.models_list import ConfigError
 from zeroth.settings import Settings, env_name, environment_table
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import tiktoken
 from conftest import make_app, tiny_encoding, write_models_list
 from test_api_embeddings import assert_error, post, tokens, vectors
 
-from zeroth.config import ConfigError, ModelEntry, load_models_list, token_ids_for
+from zeroth.models_list import ConfigError, ModelEntry, load_models_list, token_ids_for
 from zeroth.registry import ModelRegistry
 from zeroth.tiktoken_ids import EncodingUnavailable
 

@@ -6,7 +6,7 @@ import hmac
 from collections.abc import Sequence
 from pathlib import Path
 
-from zeroth.config import ConfigError
+from zeroth.models_list import ConfigError
 
 
 class AuthConfigError(ConfigError):

@@ -15,7 +15,9 @@ from pathlib import Path
 import tiktoken
 
 from zeroth.checkpoint import CheckpointError
-from zeroth.config import (
+from zeroth.manifest import MANIFEST_NAME
+from zeroth.model import StaticEmbedder
+from zeroth.models_list import (
     ConfigError,
     Limits,
     ModelEntry,
@@ -23,8 +25,6 @@ from zeroth.config import (
     tiktoken_encoding,
     token_ids_for,
 )
-from zeroth.manifest import MANIFEST_NAME
-from zeroth.model import StaticEmbedder
 from zeroth.tiktoken_ids import EncodingUnavailable, load_encoding
 
 log = logging.getLogger(__name__)

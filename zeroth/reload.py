@@ -16,7 +16,7 @@ import signal
 import threading
 from pathlib import Path
 
-from zeroth.config import load_models_list
+from zeroth.models_list import load_models_list
 from zeroth.registry import ModelRegistry, RegistryHolder
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from zeroth.config import ConfigError
+from zeroth.models_list import ConfigError
 
 
 def _env(name: str, doc: str) -> dict:

@@ -11,7 +11,7 @@ from flask import Blueprint, Response
 
 from zeroth.api.errors import ApiError
 from zeroth.api.state import state_of
-from zeroth.config import ConfigError
+from zeroth.models_list import ConfigError
 
 admin = Blueprint("zeroth_admin", __name__)
 

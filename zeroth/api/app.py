@@ -14,7 +14,7 @@ from zeroth.api.pages import pages
 from zeroth.api.routes import api
 from zeroth.api.state import STATE, ServerState
 from zeroth.auth import KeyChecker, load_keys
-from zeroth.config import load_models_list
+from zeroth.models_list import load_models_list
 from zeroth.registry import ModelRegistry, RegistryHolder
 from zeroth.reload import Reloader
 from zeroth.settings import Settings

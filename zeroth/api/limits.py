@@ -4,7 +4,7 @@ input: each model's max_tokens). Every message names the limit and its setting."
 from __future__ import annotations
 
 from zeroth.api.errors import bad_request
-from zeroth.config import Limits
+from zeroth.models_list import Limits
 
 
 def check_total_tokens(count: int, limits: Limits) -> None:
