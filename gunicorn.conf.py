@@ -91,10 +91,11 @@ def post_fork(server, worker):
     # handler threads doing that at once race ("Invalid thread pool!", a 500 on about 1 server
     # start in 3). Rebuilding it here, before the handler threads exist, avoids the race.
     torch.set_num_threads(1)
-    from zeroth.api.state import state_of
-
-    # POST /admin/reload in one worker reaches all of them through the master's SIGHUP.
-    state_of(server.app.wsgi()).reloader.master_pid = server.pid
+    # POST /admin/reload in one worker reaches all of them through the master's SIGHUP. (The
+    # bench's seed server is run with this file too, being in the same folder: no state there.)
+    state = server.app.wsgi().extensions.get("zeroth")
+    if state is not None:
+        state.reloader.master_pid = server.pid
 
 
 def on_reload(server):

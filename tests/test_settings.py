@@ -225,3 +225,21 @@ def test_settings_reach_the_app_under_gunicorn(gunicorn_server, tmp_path, tiny_c
     assert _status(server.url + "/health") == 200
     server.stop()
     assert '"input":["the quick brown cat"]' in server.log_text()
+
+
+def test_gunicorn_hooks_leave_other_apps_alone(monkeypatch) -> None:
+    """gunicorn reads ./gunicorn.conf.py for any app started from the repository (the bench's
+    seed server among them): its hooks must not need our app's state."""
+    import runpy
+    from types import SimpleNamespace
+
+    from flask import Flask
+
+    from zeroth.settings import Settings as Fresh
+
+    monkeypatch.setattr(Fresh, "from_env", classmethod(lambda cls, environ=None: cls()))
+    conf = runpy.run_path(str(Path(__file__).parents[1] / "gunicorn.conf.py"))
+    other = Flask("seed")
+    server = SimpleNamespace(pid=123, app=SimpleNamespace(wsgi=lambda: other))
+    conf["post_fork"](server, None)  # raised KeyError 'zeroth' before
+    assert "zeroth" not in other.extensions
