@@ -41,15 +41,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
 from bench.common import DEFAULT_EVAL_DIR, LatencyStats, load_dataset, synthetic_texts
-from zeroth.launch import REPO, GunicornServer, free_port
+from zeroth.launch import REPO, GunicornServer, free_port, status_of
 from zeroth.proxy import NginxProxy
 
 WORKER_TIMEOUT_LINE = "WORKER TIMEOUT"
@@ -160,16 +158,6 @@ class SlowClient(threading.Thread):
         return False
 
 
-def get_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
-
-
 def refused(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
@@ -243,7 +231,7 @@ class Bench:
         sigterm = self.event(f"SIGTERM replica {name}")
         replica.terminate()
         # Readiness first, while it still serves: what a readiness-routing balancer acts on.
-        while (status := get_status(f"{replica.url}/ready")) == 200:
+        while (status := status_of(f"{replica.url}/ready")) == 200:
             time.sleep(0.01)
         out["ready_503_after_s"] = round(time.monotonic() - sigterm, 3)
         out["ready_status_while_draining"] = status

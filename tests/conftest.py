@@ -6,9 +6,11 @@ tests need no download and run in well under a second each.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 import tiktoken
 import torch
@@ -177,3 +179,26 @@ def gunicorn_server(tmp_path: Path) -> Iterator[Callable[..., GunicornServer]]:
     yield start
     for server in started:
         server.stop()
+
+
+class _RequestLines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[dict] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(orjson.loads(record.getMessage()))
+
+
+@pytest.fixture
+def lines() -> Iterator[list[dict]]:
+    """The request log's JSON lines written during the test, parsed."""
+    from zeroth.api.request_log import log as request_logger
+
+    handler = _RequestLines()
+    level = request_logger.level
+    request_logger.setLevel(logging.INFO)
+    request_logger.addHandler(handler)
+    yield handler.records
+    request_logger.removeHandler(handler)
+    request_logger.setLevel(level)

@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import write_models_list
 from zeroth import drain
+from zeroth.launch import status_of
 
 
 @pytest.fixture
@@ -123,7 +124,7 @@ def test_real_gunicorn_drains_on_sigterm(tmp_path: Path, tiny_ckpt, gunicorn_ser
 
     sigterm = time.monotonic()
     server.terminate()
-    while (status := probe(server.url + "/ready")) == 200:
+    while (status := status_of(server.url + "/ready")) == 200:
         assert time.monotonic() - sigterm < 2, "/ready still 200 two seconds after SIGTERM"
         time.sleep(0.02)
     assert status == 503
@@ -146,16 +147,3 @@ def test_real_gunicorn_drains_on_sigterm(tmp_path: Path, tiny_ckpt, gunicorn_ser
     assert server.wait(timeout=30) == 0
     assert time.monotonic() - closed > 0.5, "nothing was left to finish: a weaker test"
     assert "draining for 3.0 s" in server.log_text()
-
-
-def probe(url: str) -> int | None:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None

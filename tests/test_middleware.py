@@ -24,7 +24,6 @@ from werkzeug.test import EnvironBuilder
 from zeroth.api.app import create_app
 from zeroth.api.auth import OPEN_PATHS, is_open
 from zeroth.api.middleware import RequestMiddleware
-from zeroth.api.request_log import log as request_logger
 from zeroth.api.state import state_of
 from zeroth.models_list import load_models_list
 from zeroth.registry import ModelRegistry
@@ -140,28 +139,6 @@ def call(app, environ: dict) -> tuple[str, list[tuple[str, str]], bytes]:
 
     body = b"".join(app(environ, start_response))
     return out["status"], out["headers"], body
-
-
-class Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[dict] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(orjson.loads(record.getMessage()))
-
-
-@pytest.fixture
-def lines():
-    handler = Lines()
-    # request_log.configure sets the level only when it adds its own handler, which it does
-    # not once this one is there (as when this test runs before any app was created).
-    level = request_logger.level
-    request_logger.setLevel(logging.INFO)
-    request_logger.addHandler(handler)
-    yield handler.records
-    request_logger.removeHandler(handler)
-    request_logger.setLevel(level)
 
 
 def headers_named(headers: list[tuple[str, str]], name: str) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 
@@ -10,26 +9,7 @@ import orjson
 import pytest
 from conftest import make_app
 
-from zeroth.api.request_log import log as request_logger
-
 SECRET_TEXT = "the quick brown cat sat on the mat"
-
-
-class Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[dict] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(orjson.loads(record.getMessage()))
-
-
-@pytest.fixture
-def lines():
-    handler = Lines()
-    request_logger.addHandler(handler)
-    yield handler.records
-    request_logger.removeHandler(handler)
 
 
 def test_one_line_per_request_without_the_text(client, lines) -> None:

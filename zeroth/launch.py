@@ -31,6 +31,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def status_of(url: str, timeout: float = 2.0) -> int | None:
+    """The HTTP status `url` answers with, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
 def wait_ready(
     url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None, log: Path | None = None
 ) -> float:
@@ -40,12 +51,8 @@ def wait_ready(
         if proc is not None and proc.poll() is not None:
             tail = log.read_text(errors="replace")[-4000:] if log and log.is_file() else ""
             raise RuntimeError(f"server exited with {proc.returncode} before {url}:\n{tail}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return time.perf_counter() - start
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            pass
+        if status_of(url) == 200:
+            return time.perf_counter() - start
         if time.perf_counter() - start > timeout:
             raise TimeoutError(f"{url} not ready after {timeout:.0f} s")
         time.sleep(0.02)
