@@ -47,7 +47,7 @@ from pathlib import Path
 import orjson
 
 from bench.common import DEFAULT_EVAL_DIR, LatencyStats, load_dataset, synthetic_texts
-from zeroth.launch import REPO, GunicornServer, free_port, status_of
+from zeroth.launch import REPO, GunicornServer, free_port, refuses_connections, status_of
 from zeroth.proxy import NginxProxy
 
 WORKER_TIMEOUT_LINE = "WORKER TIMEOUT"
@@ -158,16 +158,6 @@ class SlowClient(threading.Thread):
         return False
 
 
-def refused(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return False
-    except ConnectionRefusedError:
-        return True
-    except OSError:
-        return False
-
-
 def worker_timeouts(server: GunicornServer) -> int:
     return server.log_text().count(WORKER_TIMEOUT_LINE)
 
@@ -236,7 +226,7 @@ class Bench:
         out["ready_503_after_s"] = round(time.monotonic() - sigterm, 3)
         out["ready_status_while_draining"] = status
         self.event(f"replica {name}: /ready {status}")
-        while not refused(replica.port):
+        while not refuses_connections(replica.port):
             time.sleep(0.01)
         closed = self.event(f"replica {name}: listener closed (connections refused)")
         out["listener_closed_after_s"] = round(closed - sigterm, 3)

@@ -5,7 +5,6 @@ closes (connections refused, not queued) before the workers finish and the maste
 from __future__ import annotations
 
 import http.client
-import socket
 import threading
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from tests.conftest import write_models_list
 from zeroth import drain
-from zeroth.launch import status_of
+from zeroth.launch import refuses_connections, status_of
 
 
 @pytest.fixture
@@ -90,14 +89,6 @@ def test_no_drain_configured_keeps_gunicorns_sigterm():
     assert not drain.draining()
 
 
-def refused(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return False
-    except ConnectionRefusedError:
-        return True
-
-
 def embed(conn: http.client.HTTPConnection) -> http.client.HTTPResponse:
     conn.request(
         "POST",
@@ -134,9 +125,9 @@ def test_real_gunicorn_drains_on_sigterm(tmp_path: Path, tiny_ckpt, gunicorn_ser
     fresh = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     resp = embed(fresh)
     assert (resp.status, resp.getheader("Connection")) == (200, "close")
-    assert not refused(server.port)
+    assert not refuses_connections(server.port)
 
-    while not refused(server.port):
+    while not refuses_connections(server.port):
         assert time.monotonic() - sigterm < drain_s + 5, "listener still open"
         time.sleep(0.02)
     closed = time.monotonic()

@@ -43,7 +43,7 @@ def test_pages_are_served_with_only_local_assets(client, path: str) -> None:
             asset = client.get(ref)
             assert asset.status_code == 200, ref
             assert asset.mimetype in ("text/css", "text/javascript"), ref
-            assert len(asset.get_data()) > 500, ref
+            assert len(asset.get_data()) > 200, ref  # a real file, not an error page
     # The scripts talk to this server only, by path.
     for ref in refs:
         if ref.endswith(".js") and "swagger-ui" not in ref:

@@ -42,6 +42,17 @@ def status_of(url: str, timeout: float = 2.0) -> int | None:
         return None
 
 
+def refuses_connections(port: int) -> bool:
+    """Whether nothing listens on the loopback `port` any more (a stopped listener)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+
+
 def wait_ready(
     url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None, log: Path | None = None
 ) -> float:
