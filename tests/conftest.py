@@ -16,9 +16,9 @@ import pytest
 import tiktoken
 import torch
 import yaml
-from real_server import DEFAULT_MODEL_DIR, SMOLLM2_DIR, ensure_model
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
+from tests.real_server import DEFAULT_MODEL_DIR, SMOLLM2_DIR, ensure_model
 from zeroth.checkpoint import EMBED, NORM, TOKEN_WEIGHTS, Checkpoint
 from zeroth.launch import GunicornServer
 from zeroth.manifest import Manifest, NormSpec, TokenizerSpec
