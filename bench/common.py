@@ -14,7 +14,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_EVAL_DIR = REPO.parent / "shared" / "eval"
-DEFAULT_MODEL_DIR = REPO / "models" / "smollm2-135m"
+# The benchmarks' model (`make smollm2`), not the served default (models/wordllama): the seed
+# server (bench/seed_server.py) serves the same table, and its tokenizer has a tiktoken twin.
+SMOLLM2_DIR = REPO / "models" / "smollm2-135m"
 RESULTS_DIR = REPO / "bench" / "results"
 
 # Common English words, so synthetic texts tokenise to roughly one token per word.

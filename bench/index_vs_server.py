@@ -52,7 +52,7 @@ import numpy as np
 import psutil
 
 from bench.client import Summary, benchmark, build_bodies
-from bench.common import DEFAULT_EVAL_DIR, DEFAULT_MODEL_DIR, REPO, write_models_list
+from bench.common import DEFAULT_EVAL_DIR, REPO, SMOLLM2_DIR, write_models_list
 from bench.tokenizer_rate import tokenizer_rate
 from index.cli import DEFAULT_BATCH_SIZE
 from index.shards import read_output
@@ -218,7 +218,7 @@ def check_output(name: str, by_id: dict[str, int], rows: int, expected: dict[str
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--corpus", type=Path, default=DEFAULT_EVAL_DIR / "scifact/corpus.jsonl.gz")
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_MODEL_DIR)
+    p.add_argument("--checkpoint", type=Path, default=SMOLLM2_DIR)
     p.add_argument("--repeat", type=int, default=20, help="copies in the bigger run (>= 2)")
     p.add_argument("--runs", type=int, default=3, help="indexer runs of each size (fastest counts)")
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the indexer's local Ray")

@@ -19,8 +19,8 @@ import psutil
 from bench.client import benchmark, build_bodies
 from bench.common import (
     DEFAULT_EVAL_DIR,
-    DEFAULT_MODEL_DIR,
     RESULTS_DIR,
+    SMOLLM2_DIR,
     sts_sentences,
     write_models_list,
 )
@@ -77,7 +77,7 @@ def measure(workers: int, port: int, model_dir: Path, alias: str, texts, warmup_
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    p.add_argument("--model-dir", default=str(SMOLLM2_DIR))
     p.add_argument("--model", default="text-embedding-3-small")
     p.add_argument("--eval-dir", default=str(DEFAULT_EVAL_DIR))
     p.add_argument("--workers", type=int, nargs="+", default=[1, 4])

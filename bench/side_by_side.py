@@ -29,8 +29,8 @@ import psutil
 from bench.client import benchmark, build_bodies
 from bench.common import (
     DEFAULT_EVAL_DIR,
-    DEFAULT_MODEL_DIR,
     RESULTS_DIR,
+    SMOLLM2_DIR,
     parse_cpus,
     seed_command,
     sts_sentences,
@@ -336,7 +336,7 @@ def pinning(config: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    p.add_argument("--model-dir", default=str(SMOLLM2_DIR))
     p.add_argument("--model", default="text-embedding-3-small", help="alias to serve and send")
     p.add_argument("--eval-dir", default=str(DEFAULT_EVAL_DIR))
     p.add_argument("--port", type=int, default=18110, help="ours; the seed server gets port+1")

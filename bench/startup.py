@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import DEFAULT_MODEL_DIR, RESULTS_DIR, write_models_list
+from bench.common import RESULTS_DIR, SMOLLM2_DIR, write_models_list
 from zeroth.launch import GunicornServer
 
 
@@ -28,7 +28,7 @@ def time_to_ready(port: int, workers: int, models_list: Path, log: Path) -> floa
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    p.add_argument("--model-dir", default=str(SMOLLM2_DIR))
     p.add_argument("--model", default="text-embedding-3-small")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeat", type=int, default=3)

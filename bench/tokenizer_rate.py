@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench.common import DEFAULT_EVAL_DIR, DEFAULT_MODEL_DIR, batches, load_dataset
+from bench.common import DEFAULT_EVAL_DIR, SMOLLM2_DIR, batches, load_dataset
 
 
 def _worker(
@@ -137,7 +137,7 @@ def tokenizer_rate(
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    p.add_argument("--model-dir", default=str(SMOLLM2_DIR))
     p.add_argument("--dataset", default="sts")
     p.add_argument("--eval-dir", default=str(DEFAULT_EVAL_DIR))
     p.add_argument("--synthetic_length", type=int, default=64)

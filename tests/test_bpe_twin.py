@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from tests.test_index import EDGE_TEXTS, MODEL_DIR, as_lists, needs_model, random_texts
+from tests.real_server import SMOLLM2_DIR
+from tests.test_index import EDGE_TEXTS, as_lists, needs_smollm2, random_texts
 from zeroth.bpe_twin import (
     _TWO_SPACES,
     GPT2_PATTERN,
@@ -151,9 +152,9 @@ def test_no_twin_that_disagrees_on_the_vocabulary(tmp_path):
     assert twin is None and "vocabulary" in why
 
 
-@needs_model
+@needs_smollm2
 def test_served_model_uses_its_twin_and_drops_it_on_a_difference(monkeypatch):
-    text = TextTokenizer.from_file(MODEL_DIR / "tokenizer.json", add_special_tokens=True)
+    text = TextTokenizer.from_file(SMOLLM2_DIR / "tokenizer.json", add_special_tokens=True)
     assert text.twin is not None, text.twin_why
     texts = [*EDGE_TEXTS, *random_texts(50, seed=4)]
     assert text.tokenize(texts) == text.tokenize_plain(texts)
@@ -164,9 +165,9 @@ def test_served_model_uses_its_twin_and_drops_it_on_a_difference(monkeypatch):
     assert text.tokenize(texts) == text.tokenize_plain(texts)
 
 
-@needs_model
+@needs_smollm2
 def test_twin_refuses_what_tokenizers_refuses():
-    text = TextTokenizer.from_file(MODEL_DIR / "tokenizer.json", add_special_tokens=True)
+    text = TextTokenizer.from_file(SMOLLM2_DIR / "tokenizer.json", add_special_tokens=True)
     text._unchecked = 0
     for lone_surrogate in ["a\ud800b", "\udfff"]:
         with pytest.raises(TypeError):

@@ -116,6 +116,17 @@ def image_path_of(stages: dict[str, dict], stage: str, source: str) -> str:
     raise AssertionError(f"stage {stage} copies no {source}")
 
 
+def extract_commands(commands: str) -> list[tuple[str, str]]:
+    """(source, --out folder) of each `python -m extract SOURCE ... --out DIR` in shell text."""
+    found = []
+    for command in re.split(r"&&|;|\n", commands):
+        words = shlex.split(command)
+        if "extract" in words and words[words.index("extract") - 1] == "-m":
+            source = words[words.index("extract") + 1]
+            found.append((source, words[words.index("--out") + 1]))
+    return found
+
+
 @pytest.fixture(scope="module")
 def stages() -> dict[str, dict]:
     return dockerfile_stages()
@@ -237,7 +248,10 @@ def test_configmap_models_list_loads_and_resolves_into_the_image(
     path.write_text(configmap["data"][item["key"]])
     served = load_models_list(path)
     image_models = image_path_of(stages, "app", "/build/models/")
-    expected = Path(image_models) / "smollm2-135m"
+    ((_, built),) = extract_commands(
+        " ".join(rest for kw, rest in stages["model"]["instructions"] if kw == "RUN")
+    )
+    expected = Path(image_models) / PurePosixPath(built).relative_to("models")
     assert served.default == "text-embedding-3-small"
     for alias in ("text-embedding-3-small", "text-embedding-ada-002"):
         assert served.models[alias].path == expected, alias
@@ -276,6 +290,19 @@ def test_dockerfile_targets_and_runtime(stages, image_env) -> None:
     deps = " ".join(rest for kw, rest in stages["deps-cpu"]["instructions"] if kw == "RUN")
     assert "https://download.pytorch.org/whl/cpu" in deps and "+cpu" in deps
     assert re.search(r"^torch==[0-9.]+$", (REPO / "requirements.txt").read_text(), re.M)
+
+
+def test_image_builds_the_default_model_as_make_model_does(stages) -> None:
+    """BUILD_DEFAULT_MODEL=1 bakes in what `make model` builds for `make serve`, from the
+    same fetched source into the same folder, and the checked-in list serves that folder."""
+    run = " ".join(rest for kw, rest in stages["model"]["instructions"] if kw == "RUN")
+    planned = subprocess.run(
+        ["make", "-n", "-B", "-C", str(REPO), "model"], capture_output=True, text=True, check=True
+    ).stdout
+    assert extract_commands(run) == extract_commands(planned) != []
+    ((_, built),) = extract_commands(run)
+    listed = parse_models_list(yaml.safe_load((REPO / "models_list.yaml").read_text()), REPO)
+    assert listed.models[listed.default].path == REPO / built
 
 
 def test_dockerignore_sends_only_what_is_copied(stages) -> None:

@@ -1,15 +1,12 @@
-"""End to end: the real default model under gunicorn, driven by the unmodified clients.
-
-One server per session (2 workers, checked-in gunicorn.conf.py and models_list.yaml), shared
-by every test here; the openai client, LangChain's OpenAIEmbeddings and curl talk to it.
+"""End to end: the default model (what `make serve` serves) under gunicorn with the checked-in
+gunicorn.conf.py and models_list.yaml, driven by the unmodified clients: the openai client,
+LangChain's OpenAIEmbeddings and curl. One server per session, shared by every test here but
+the SmolLM2 parity test, which serves that extraction from a list of its own.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,36 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from zeroth.launch import GunicornServer
+from real_server import (
+    OTHER_NAME,
+    ROOT,
+    SMOLLM2_DIR,
+    TEXTS,
+    Recorder,
+    curl,
+    minimal_models_list,
+    serving,
+)
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[1]
-MODEL_DIR = ROOT / "models" / "smollm2-135m"
-GGUF = ROOT / ".cache" / "weights" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-TEXTS = [
-    "The food was delicious and the waiter was friendly.",
-    "Embeddings map text to vectors.",
-    "Der schnelle braune Fuchs springt über den faulen Hund.",
-    "東京は日本の首都です。 🍣",
-    "def add(a, b):\n    return a + b",
-    "a",
-]
-
-
-def _ensure_default_model() -> None:
-    if (MODEL_DIR / "manifest.json").is_file():
-        return
-    # CI builds it before the tests (Makefile); a fresh checkout builds it here, offline.
-    from extract.fetch import fetch_smollm2
-
-    fetch_smollm2(ROOT / ".cache")
-    subprocess.run(
-        [sys.executable, "-m", "extract", str(GGUF), "--out", str(MODEL_DIR)],
-        cwd=ROOT,
-        check=True,
-    )
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -59,50 +38,18 @@ def _get(url: str) -> tuple[int, bytes]:
 
 
 @pytest.fixture(scope="session")
-def tiktoken_cache() -> Path:
-    from extract.fetch import fetch_tiktoken
-
-    cache = fetch_tiktoken(ROOT / ".cache")
-    # The clients (LangChain) need it in this process too.
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
-    return cache
-
-
-@pytest.fixture(scope="session")
-def server_url(tmp_path_factory, tiktoken_cache: Path) -> Iterator[str]:
-    _ensure_default_model()
-    server = GunicornServer(
-        ROOT / "models_list.yaml",
-        workers=2,
-        # Empty: a fresh metrics folder for this server even if this shell names one.
-        env={"TIKTOKEN_CACHE_DIR": str(tiktoken_cache), "PROMETHEUS_MULTIPROC_DIR": ""},
-        log_path=tmp_path_factory.mktemp("gunicorn") / "server.log",
-        ready_timeout=60,
-    )
-    with server:
+def server_url(tmp_path_factory, default_model: Path) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("gunicorn")
+    with serving(folder, models_list=ROOT / "models_list.yaml") as server:
         yield server.url
 
 
 @pytest.fixture(scope="session")
-def reference():
+def reference(default_model: Path):
     """The same model in this process: what the server must answer."""
     from zeroth.model import StaticEmbedder
 
-    return StaticEmbedder.from_pretrained(MODEL_DIR)
-
-
-class Recorder:
-    """httpx client whose request bodies are kept, to check what the clients really send."""
-
-    def __init__(self) -> None:
-        import httpx
-
-        self.bodies: list[dict] = []
-        self.client = httpx.Client(event_hooks={"request": [self._keep]})
-
-    def _keep(self, request) -> None:
-        if request.method == "POST":
-            self.bodies.append(json.loads(request.read()))
+    return StaticEmbedder.from_pretrained(default_model)
 
 
 @pytest.fixture(scope="session")
@@ -116,17 +63,6 @@ def openai_client(server_url: str) -> Iterator:
     client.recorder = recorder
     yield client
     client.close()  # lets gunicorn's keep-alive threads finish at once on shutdown
-
-
-def _curl(*args: str) -> tuple[int, dict | str]:
-    out = subprocess.run(
-        ["curl", "-sS", "-w", "\n%{http_code}", *args], capture_output=True, text=True, check=True
-    ).stdout
-    body, _, status = out.rpartition("\n")
-    try:
-        return int(status), json.loads(body)
-    except json.JSONDecodeError:
-        return int(status), body
 
 
 def test_openai_client_base64_and_float(openai_client, reference) -> None:
@@ -197,7 +133,7 @@ def test_langchain_sends_cl100k_ids_and_gets_the_same_vectors(server_url, openai
 
 
 def test_curl(server_url: str, reference) -> None:
-    status, body = _curl(
+    status, body = curl(
         f"{server_url}/v1/embeddings",
         "-H",
         "Content-Type: application/json",
@@ -209,13 +145,13 @@ def test_curl(server_url: str, reference) -> None:
         body["data"][0]["embedding"], reference.encode(["The food was delicious"])[0], atol=1e-6
     )
     # curl -d without a Content-Type sends a form: 415 in OpenAI's shape, not HTML.
-    status, body = _curl(f"{server_url}/v1/embeddings", "-d", '{"input": "x"}')
+    status, body = curl(f"{server_url}/v1/embeddings", "-d", '{"input": "x"}')
     assert status == 415 and body["error"]["code"] == "unsupported_media_type"
-    status, body = _curl(
+    status, body = curl(
         f"{server_url}/v1/embeddings", "-H", "Content-Type: application/json", "-d", "{not json"
     )
     assert status == 400 and body["error"]["type"] == "invalid_request_error"
-    status, body = _curl("-X", "GET", f"{server_url}/v1/embeddings")
+    status, body = curl("-X", "GET", f"{server_url}/v1/embeddings")
     assert status == 405 and body["error"]["code"] == "method_not_allowed"
 
 
@@ -224,11 +160,11 @@ def test_oversized_bodies_are_413(server_url: str, tmp_path: Path) -> None:
     big.write_text(json.dumps({"input": ["word " * 1000] * 3500}))  # 17.5 MB > 16 MiB
     url = f"{server_url}/v1/embeddings"
     for extra in ([], ["-H", "Transfer-Encoding: chunked"]):  # declared length, or none
-        status, body = _curl(
+        status, body = curl(
             url, "-H", "Content-Type: application/json", *extra, "--data-binary", f"@{big}"
         )
         assert status == 413 and body["error"]["code"] == "request_too_large"
-    status, _ = _curl(
+    status, _ = curl(
         url,
         "-H",
         "Content-Type: application/json",
@@ -268,18 +204,21 @@ def test_metrics_aggregate_across_workers(server_url: str) -> None:
     assert count() - before == 20
 
 
-def test_parity_with_the_full_hf_model(server_url: str, capsys) -> None:
-    """zeroth.evaluation.parity: the served vectors equal the whole source model's hooked
-    computation."""
+def test_smollm2_parity_with_the_full_hf_model(tmp_path: Path, smollm2_model: Path, capsys):
+    """zeroth.evaluation.parity: the served vectors of the SmolLM2 extraction equal the whole
+    source model's hooked computation (an imported table, like the default's, has no source
+    model to compare with)."""
     from zeroth.evaluation.parity import main as parity
 
-    rc = parity(
-        ["--api_url", f"{server_url}/v1", "--checkpoint", str(MODEL_DIR), "--json"]
-        + ["--min-cosine", "0.99999"]
-    )
+    models_list = minimal_models_list(tmp_path, SMOLLM2_DIR)
+    with serving(tmp_path, models_list=models_list, workers=1) as server:
+        rc = parity(
+            ["--api_url", f"{server.url}/v1", "--model", OTHER_NAME]
+            + ["--checkpoint", str(smollm2_model), "--json", "--min-cosine", "0.99999"]
+        )
     result = json.loads(capsys.readouterr().out)
     assert rc == 0, result
     assert result["inputs"] >= 8 and result["norm"] == "final"
-    # The default build folds SIF weights, centring and components; parity must cover them.
-    assert result["postprocess"]["weighting"] == "sif" and result["postprocess"]["center"]
+    # The LLM recipe folds token weights, centring and components; parity must cover them.
+    assert result["postprocess"]["weighting"] != "none" and result["postprocess"]["center"]
     assert result["max_abs_diff"] < 1e-4

@@ -241,9 +241,10 @@ SMOLLM2 = Path(__file__).resolve().parents[1] / "models" / "smollm2-135m"
 STSB_DEV = Path(__file__).resolve().parents[2] / "shared/eval/stsbenchmark/sts-dev.csv"
 
 
-@pytest.mark.skipif(not (SMOLLM2 / "manifest.json").is_file(), reason="no local smollm2-135m")
-def test_twin_on_the_served_model() -> None:
-    """What the server uses (the twin) gives the ids of what it would use without one."""
+@pytest.mark.skipif(not (SMOLLM2 / "manifest.json").is_file(), reason="no SmolLM2 (make smollm2)")
+def test_twin_on_smollm2() -> None:
+    """On a real model with a twin (SmolLM2's byte-level BPE), what the server uses (the twin)
+    gives the ids of what it would use without one."""
     emb = StaticEmbedder.from_pretrained(SMOLLM2)
     plain = StaticEmbedder.from_pretrained(SMOLLM2, use_twin=False)
     assert emb.text.twin is not None, emb.text.twin_why

@@ -38,13 +38,14 @@ from index.sources import (
     to_documents,
 )
 from tests.conftest import WORDS, make_app
+from tests.real_server import ROOT, SMOLLM2_DIR
 from zeroth.model import StaticEmbedder
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL_DIR = ROOT / "models" / "smollm2-135m"
 SCIFACT = ROOT.parent / "shared" / "eval" / "scifact" / "corpus.jsonl.gz"
-needs_model = pytest.mark.skipif(
-    not (MODEL_DIR / "manifest.json").is_file(), reason="default model not built (make model)"
+# SmolLM2's tokenizer has an exact tiktoken twin, which the indexer and these tests rely on.
+# The fast tests skip without it (they download nothing); the slow ones build it.
+needs_smollm2 = pytest.mark.skipif(
+    not (SMOLLM2_DIR / "manifest.json").is_file(), reason="SmolLM2 not built (make smollm2)"
 )
 needs_scifact = pytest.mark.skipif(not SCIFACT.is_file(), reason=f"no {SCIFACT}")
 
@@ -298,16 +299,16 @@ def scifact_docs() -> list[dict]:
         return [json.loads(line) for _, line in zip(range(400), f, strict=False)]
 
 
-@needs_model
+@needs_smollm2
 @needs_scifact
 def test_scifact_vectors_equal_the_servers(tmp_path, scifact_docs):
     models_list = tmp_path / "models_list.yaml"
-    models_list.write_text(f"models:\n  m:\n    path: {MODEL_DIR}\n")
+    models_list.write_text(f"models:\n  m:\n    path: {SMOLLM2_DIR}\n")
     client = make_app(models_list).test_client()
     docs = scifact_docs[:64]
     texts = [join_fields([d["title"], d["text"]]) for d in docs] + EDGE_TEXTS
     ids = [d["_id"] for d in docs] + [f"edge{i}" for i in range(len(EDGE_TEXTS))]
-    batch = EmbedBatch(EmbedOptions(checkpoint=str(MODEL_DIR)))
+    batch = EmbedBatch(EmbedOptions(checkpoint=str(SMOLLM2_DIR)))
     assert batch.model.text.twin is not None, batch.model.text.twin_why  # SmolLM2 has an exact twin
     got = vectors_of(batch(pa.table({"id": ids, "text": texts})))
     want = server_vectors(client, "m", texts)
@@ -317,10 +318,10 @@ def test_scifact_vectors_equal_the_servers(tmp_path, scifact_docs):
     np.testing.assert_allclose(mine, want, atol=1e-6)
 
 
-@needs_model
+@needs_smollm2
 @needs_scifact
 def test_smollm2_twin_tokenizes_all_of_scifact_like_tokenizers():
-    model = StaticEmbedder.from_pretrained(MODEL_DIR)
+    model = StaticEmbedder.from_pretrained(SMOLLM2_DIR)
     with gzip.open(SCIFACT, "rt", encoding="utf-8") as f:
         docs = [json.loads(line) for line in f]
     texts = [join_fields([d["title"], d["text"]]) for d in docs] + EDGE_TEXTS
@@ -465,7 +466,7 @@ def scifact_or_synthetic() -> list[dict]:
 
 
 @pytest.mark.slow
-@needs_model
+@pytest.mark.usefixtures("smollm2_model")
 def test_killed_midway_then_rerun_holds_every_document_once(tmp_path):
     """SIGKILL the whole indexer (driver and its Ray) after a shard is committed, rerun."""
     records = []
@@ -480,7 +481,7 @@ def test_killed_midway_then_rerun_holds_every_document_once(tmp_path):
     out = tmp_path / "out"
     cmd = [
         sys.executable, "-m", "index", str(corpus), "--out", str(out),
-        "--checkpoint", str(MODEL_DIR), "--id-field", "_id", "--text-field", "title,text",
+        "--checkpoint", str(SMOLLM2_DIR), "--id-field", "_id", "--text-field", "title,text",
         "--num-cpus", "2", "--batch-size", "500", "--shard-rows", "1000",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -518,5 +519,5 @@ def test_killed_midway_then_rerun_holds_every_document_once(tmp_path):
     got = vectors_of(table)
     sample = random.Random(0).sample(sorted(texts), 1500)
     sample += [i for i in before.to_pylist()[:200]]  # some written before the kill
-    want = StaticEmbedder.from_pretrained(MODEL_DIR).encode([texts[i] for i in sample])
+    want = StaticEmbedder.from_pretrained(SMOLLM2_DIR).encode([texts[i] for i in sample])
     np.testing.assert_allclose(np.stack([got[i] for i in sample]), want, atol=1e-6)

@@ -33,9 +33,10 @@ from conftest import make_app
 
 from index.shards import committed_shards, read_output
 from index.sources import join_fields
-from tests.test_index import MODEL_DIR, ROOT, SCIFACT, needs_model
+from tests.real_server import ROOT, SMOLLM2_DIR
+from tests.test_index import SCIFACT
 
-pytestmark = [pytest.mark.slow, needs_model]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("smollm2_model")]
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
 COPIES = 5
 
@@ -186,7 +187,7 @@ def test_node_lost_midway_the_run_completes_with_every_id_once(tmp_path: Path, c
     out = tmp_path / "out"
     cmd = [
         sys.executable, "-m", "index", str(corpus), "--out", str(out),
-        "--checkpoint", str(MODEL_DIR), "--id-field", "_id", "--text-field", "title,text",
+        "--checkpoint", str(SMOLLM2_DIR), "--id-field", "_id", "--text-field", "title,text",
         "--address", head.address, "--num-actors", "2",
         "--batch-size", "1000", "--shard-rows", "2000",
     ]  # fmt: skip
@@ -229,7 +230,7 @@ def test_node_lost_midway_the_run_completes_with_every_id_once(tmp_path: Path, c
     row = {doc_id: i for i, doc_id in enumerate(ids)}
     sample = random.Random(0).sample(sorted(texts), 256)
     models_list = tmp_path / "models_list.yaml"
-    models_list.write_text(f"models:\n  m:\n    path: {MODEL_DIR}\n")
+    models_list.write_text(f"models:\n  m:\n    path: {SMOLLM2_DIR}\n")
     client = make_app(models_list).test_client()
     resp = client.post(
         "/v1/embeddings",

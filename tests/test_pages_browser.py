@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from real_server import OPENAI_NAMES, OTHER_NAME, api_vectors, b64_vector, start_server
+import yaml
+from real_server import OPENAI_NAMES, OTHER_NAME, ROOT, api_vectors, b64_vector, serving
 
 from zeroth.launch import GunicornServer
 
@@ -62,17 +63,15 @@ def browser() -> Iterator:
 
 
 @pytest.fixture(scope="module")
-def keyed(tmp_path_factory) -> Iterator[GunicornServer]:
-    server = start_server(tmp_path_factory.mktemp("keyed"), env={"ZEROTH_API_KEYS": KEY})
-    yield server
-    server.stop()
+def keyed(tmp_path_factory, default_model: Path) -> Iterator[GunicornServer]:
+    with serving(tmp_path_factory.mktemp("keyed"), env={"ZEROTH_API_KEYS": KEY}) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
-def open_server(tmp_path_factory) -> Iterator[GunicornServer]:
-    server = start_server(tmp_path_factory.mktemp("open"), workers=1)
-    yield server
-    server.stop()
+def open_server(tmp_path_factory, default_model: Path) -> Iterator[GunicornServer]:
+    with serving(tmp_path_factory.mktemp("open"), workers=1) as server:
+        yield server
 
 
 class Watched:
@@ -283,6 +282,13 @@ def test_the_check_fails_when_the_page_and_the_api_differ(keyed, watched) -> Non
 OPERATION = "#operations-default-createEmbedding"
 
 
+def example_request() -> dict:
+    """What "Try it out" starts from: the request example in the OpenAPI description."""
+    spec = yaml.safe_load((ROOT / "zeroth" / "api" / "openapi.yaml").read_text())
+    body = spec["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]
+    return body["application/json"]["example"]
+
+
 def test_docs_try_it_out_with_a_key(keyed, watched, tmp_path: Path) -> None:
     for viewport, name in ((DESKTOP, "api-docs.png"), (PHONE, "api-docs-phone.png")):
         w = watched(keyed, viewport)
@@ -312,11 +318,8 @@ def test_docs_try_it_out_with_a_key(keyed, watched, tmp_path: Path) -> None:
                 f"{OPERATION} .live-responses-table tbody .response-col_description pre"
             )
         )
-        # The example request, sent with a model this server serves: the API's own vectors.
-        texts = [
-            "The food was delicious and the waiter was friendly.",
-            "Embeddings map text to vectors.",
-        ]
+        # The description's example, sent with a model this server serves: the API's vectors.
+        texts = example_request()["input"]
         expected, usage = api_vectors(keyed.url, body["model"], texts, KEY)
         got = np.array([d["embedding"] for d in body["data"]], dtype=np.float32)
         np.testing.assert_allclose(got, expected, atol=1e-6)
