@@ -285,10 +285,12 @@ def expected_message(exc: BaseException) -> str | None:
     """The one line of our own error, here or inside what Ray wrapped around it; else None."""
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, EXPECTED):
-            return str(exc).splitlines()[0]
+        # Text first: what a read task raises reaches here as an InputError too (Ray's error
+        # subclasses the original), whose first line is Ray's header, not our message.
         if match := _REMOTE_INPUT_ERROR.search(str(exc)):
             return match.group(1)
+        if isinstance(exc, EXPECTED):
+            return str(exc).splitlines()[0]
         seen.add(id(exc))
         exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
     return None
