@@ -124,6 +124,7 @@ class ParquetColumnsDatasource(FileBasedDatasource):
     def __init__(self, paths: list[str], *, columns: list[str], **kwargs):
         super().__init__(paths, **kwargs)
         self.columns = columns
+        self.fields = (columns[0], columns[1:])
 
     def _open_input_source(self, filesystem, path: str, **open_args) -> pa.NativeFile:
         return filesystem.open_input_file(path)  # Parquet reads its footer first
@@ -131,7 +132,7 @@ class ParquetColumnsDatasource(FileBasedDatasource):
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
         parquet = pq.ParquetFile(f)
         for group in range(parquet.num_row_groups):
-            yield parquet.read_row_group(group, columns=self.columns)
+            yield to_documents(parquet.read_row_group(group, columns=self.columns), *self.fields)
 
 
 class JsonLinesDatasource(FileBasedDatasource):
@@ -147,18 +148,28 @@ class JsonLinesDatasource(FileBasedDatasource):
     _FILE_EXTENSIONS = extensions("jsonl")
     CHUNK_BYTES = 8 << 20
 
-    def __init__(self, paths: list[str], *, parse_options: pajson.ParseOptions, **kwargs):
+    def __init__(
+        self,
+        paths: list[str],
+        *,
+        parse_options: pajson.ParseOptions,
+        fields: tuple[str, Sequence[str]] | None = None,
+        **kwargs,
+    ):
         super().__init__(paths, **kwargs)
         self.parse_options = parse_options
+        # (id field, text fields): yield (id, text) documents instead of the parsed records.
+        self.fields = fields
 
     def _parse(self, data: bytes, path: str) -> pa.Table:
         # One Arrow block for the whole chunk: a line longer than Arrow's default 1 MiB block
         # cannot straddle two.
         options = pajson.ReadOptions(use_threads=False, block_size=max(len(data), 1 << 20))
         try:
-            return pajson.read_json(pa.BufferReader(data), options, self.parse_options)
+            table = pajson.read_json(pa.BufferReader(data), options, self.parse_options)
         except pa.ArrowInvalid as exc:
             raise InputError(f"{path}: {exc}".splitlines()[0]) from None
+        return table if self.fields is None else to_documents(table, *self.fields)
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
         rest = b""
@@ -294,19 +305,15 @@ def read_documents(
     # Files named on the command line are read whatever their suffix; folders keep Ray's
     # suffix filter, so a README next to the data is not read as data.
     suffixes = {"file_extensions": extensions(fmt) if folders else None}
+    # The readers make the (id, text) columns themselves: as a map_batches step, Ray fused it
+    # into the embedding actors, which then spent on joining fields what they owe to embedding.
     if fmt == "jsonl":
         # Arrow's reader keeps types (Ray's pandas route, lines=True, turns an id like "0042"
         # into the number 42).
         options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-        source = JsonLinesDatasource(paths, parse_options=options, **suffixes)
-        ds = ray.data.read_datasource(source, num_cpus=READ_CPUS)
+        source = JsonLinesDatasource(
+            paths, parse_options=options, fields=(id_field, list(text_fields)), **suffixes
+        )
     else:
         source = ParquetColumnsDatasource(paths, columns=fields, **suffixes)
-        ds = ray.data.read_datasource(source, num_cpus=READ_CPUS)
-    return ds.map_batches(
-        to_documents,
-        fn_kwargs={"id_field": id_field, "text_fields": list(text_fields)},
-        batch_format="pyarrow",
-        batch_size=None,
-        zero_copy_batch=True,
-    )
+    return ray.data.read_datasource(source, num_cpus=READ_CPUS)

@@ -30,6 +30,7 @@ from index.shards import committed_shards, read_output, vector_column, written_i
 from index.sources import (
     InputError,
     JsonLinesDatasource,
+    ParquetColumnsDatasource,
     detect_format,
     join_fields,
     json_schema,
@@ -161,6 +162,32 @@ def test_json_lines_are_parsed_in_chunks_of_whole_lines(tmp_path, monkeypatch):
     path.write_text('{"id": "a", "text": "x"}\n{"id": "b", "text": \n')
     with pa.OSFile(str(path)) as f, pytest.raises(InputError, match="c.jsonl: "):
         list(source._read_stream(f, str(path)))
+
+
+def test_readers_yield_documents_when_given_the_fields(tmp_path):
+    records = [
+        {"_id": "a", "title": "T", "text": "x", "n": 1},
+        {"_id": "b", "title": "", "text": "y"},
+    ]
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    options = pajson.ParseOptions(
+        explicit_schema=json_schema(records[0], "_id", ["title", "text"]),
+        unexpected_field_behavior="ignore",
+    )
+    source = JsonLinesDatasource(
+        [str(path)], parse_options=options, fields=("_id", ["title", "text"])
+    )
+    with pa.OSFile(str(path)) as f:
+        docs = pa.concat_tables(source._read_stream(f, str(path)))
+    assert docs.to_pylist() == [{"id": "a", "text": "T x"}, {"id": "b", "text": "y"}]
+    parquet = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"body": ["p", "q"], "doc": [7, 8]}), parquet, row_group_size=1)
+    source = ParquetColumnsDatasource([str(parquet)], columns=["doc", "body"])
+    with pa.OSFile(str(parquet)) as f:
+        tables = list(source._read_stream(f, str(parquet)))
+    assert len(tables) == 2, "one table per row group"
+    assert pa.concat_tables(tables).to_pylist() == [{"id": 7, "text": "p"}, {"id": 8, "text": "q"}]
 
 
 def test_bad_inputs_fail_with_one_line(tmp_path):
