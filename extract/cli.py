@@ -85,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
         "RMSNorm --norm picks. Default: layer0, or embed when --norm is given",
     )
     parser.add_argument(
+        "--standardise",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--table layer0 only: standardise each dimension of the layer-0 rows over the "
+        "vocabulary, then RMS-normalise again (tames layer 0's few massive dimensions). "
+        "Default: on",
+    )
+    parser.add_argument(
         "--norm",
         choices=["final", "layer0"],
         default=None,
@@ -243,10 +251,14 @@ def extract_llm(args: argparse.Namespace, staging: Path, log: Stages) -> Checkpo
         from extract.write import norm_eps
 
         log("running layer 0 on each vocabulary token alone")
-        embed = layer0_table(merged, norm_eps(source.config), progress=not args.quiet)
+        standardised = args.standardise is not False
+        embed, stats = layer0_table(
+            merged, norm_eps(source.config), standardised, progress=not args.quiet
+        )
         norm_weight = None
     else:
         embed, norm_weight = read_embed_and_norm(merged, norm, family.tensors)
+        standardised, stats = False, {}
     tokenizer_src = merged if (merged / "tokenizer.json").is_file() else source.hf_dir
     if not (tokenizer_src / "tokenizer.json").is_file():
         raise ExtractError(f"{source.hf_dir}: no tokenizer.json (a fast tokenizer is needed)")
@@ -267,12 +279,13 @@ def extract_llm(args: argparse.Namespace, staging: Path, log: Stages) -> Checkpo
             "template": str(template_path(template).name),
             "layer_range": [0, layers],
             "mergekit_dtype": merge_dtype,
-            "table": "layer0 output, RMS-normalised" if table == "layer0" else "embed_tokens",
+            "table": TABLE_RECORDS[table, standardised],
             "norm": norm,
             "dtype": args.dtype,
             "family": "given" if args.family else "detected",
         },
     )
+    ckpt.tensors.update(stats)
     try:
         postprocess.apply(ckpt, args)
     except (ValueError, OSError) as exc:  # its checks on the quality options, corpus files
@@ -280,11 +293,21 @@ def extract_llm(args: argparse.Namespace, staging: Path, log: Stages) -> Checkpo
     return ckpt
 
 
+# manifest.extraction["table"]: what the stored rows are (zeroth.evaluation.parity reads it).
+TABLE_RECORDS = {
+    ("layer0", True): "layer0 output, RMS-normalised, standardised per dimension",
+    ("layer0", False): "layer0 output, RMS-normalised",
+    ("embed", False): "embed_tokens",
+}
+
+
 def table_and_norm(args: argparse.Namespace) -> tuple[str, str | None]:
     """--table and --norm resolved: a layer-0 table has no norm weight to choose."""
     if args.table == "layer0" and args.norm is not None:
         raise UsageError("--norm applies to --table embed only (the layer-0 table has no norm)")
     table = args.table or ("embed" if args.norm else "layer0")
+    if table == "embed" and args.standardise is not None:
+        raise UsageError("--standardise applies to --table layer0 only")
     return table, (args.norm or "final") if table == "embed" else None
 
 

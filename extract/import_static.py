@@ -53,6 +53,7 @@ LLM_ONLY = (
     "family",
     "table",
     "norm",
+    "standardise",
     "revision",
     "add_special_tokens",
     "weighting",

@@ -10,7 +10,10 @@ The source is the 1-layer checkpoint mergekit writes from the `[0, 1]` slice
 sqrt(hidden) embedding scale, its sandwich norms, Qwen2's q/k/v biases) are applied by the
 family's own code. The row is the output of decoder layer 0 itself, taken with a forward hook:
 the model's final norm, which HF applies to the last hidden state, is not part of it.
-Rows are RMS-normalised without a weight ("L0 plain", measured best; docs-drafts/layer0.md).
+Rows are RMS-normalised without a weight ("L0 plain"), then, by default, standardised per
+dimension over the vocabulary and RMS-normalised again: layer 0's residual stream has a few
+massive dimensions (Gemma 3: one holds ~40% of every row's energy) that otherwise swamp the
+mean; docs-drafts/layer0.md has the measurements.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 import torch
 
 from extract.errors import ExtractError
+from zeroth.checkpoint import LAYER0_MEAN, LAYER0_STD
 from zeroth.fold import rms_normalise
 
 DEFAULT_CHUNK = 4096
@@ -85,10 +89,25 @@ def plain_rows(outputs: torch.Tensor, eps: float) -> torch.Tensor:
     return rms_normalise(outputs, ones, eps, 1.0, 0.0)
 
 
+def standardise(rows: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float):
+    """(rows - mean) / std per dimension, then RMS-normalised again."""
+    return plain_rows((rows - mean) / std.clamp_min(1e-12), eps)
+
+
 def layer0_table(
-    model_dir: Path, eps: float, chunk: int = DEFAULT_CHUNK, progress: bool = True
-) -> torch.Tensor:
-    """One row per embed_tokens row, [V, H] fp32: the served table before post-processing."""
+    model_dir: Path,
+    eps: float,
+    standardised: bool = True,
+    chunk: int = DEFAULT_CHUNK,
+    progress: bool = True,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One row per embed_tokens row, [V, H] fp32: the served table before post-processing; and
+    the per-dimension statistics it was standardised with (empty when not), which the parity
+    check needs since one token's row depends on them."""
     model = load_layer0_model(model_dir)
     ids = torch.arange(model.get_input_embeddings().num_embeddings)
-    return plain_rows(layer0_outputs(model, ids, chunk, progress), eps)
+    rows = plain_rows(layer0_outputs(model, ids, chunk, progress), eps)
+    if not standardised:
+        return rows, {}
+    stats = {LAYER0_MEAN: rows.mean(0), LAYER0_STD: rows.std(0)}
+    return standardise(rows, stats[LAYER0_MEAN], stats[LAYER0_STD], eps), stats

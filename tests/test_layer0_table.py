@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from extract.cli import main
 from tests.test_extract import RAW, one_line_error, probe_batch, run_cli
 from tests.tiny_models import SPECS, VOCAB_SIZE, save_tiny_model
-from zeroth.checkpoint import Checkpoint
+from zeroth.checkpoint import LAYER0_MEAN, LAYER0_STD, Checkpoint
 from zeroth.evaluation.parity import reference_vectors
 from zeroth.manifest import Manifest
 from zeroth.model import StaticEmbedder
@@ -38,12 +38,14 @@ def hf_layer0_alone(model_dir, eps: float) -> torch.Tensor:
 @pytest.mark.parametrize("family", list(SPECS))
 def test_rows_are_the_full_models_layer0_output_per_token(tiny, tmp_path, capsys, family):
     out = tmp_path / "l0"
-    rc, err = run_cli([tiny[family], "--out", out, "--table", "layer0", *RAW], capsys)
+    argv = [tiny[family], "--out", out, "--table", "layer0", "--no-standardise", *RAW]
+    rc, err = run_cli(argv, capsys)
     assert rc == 0, err
     ckpt = Checkpoint.from_pretrained(out)
     m = ckpt.manifest
     assert m.norm is None and m.embed_scale == 1.0  # both are inside the stored rows
-    assert m.extraction["table"].startswith("layer0") and m.extraction["layer_range"] == [0, 1]
+    assert m.extraction["table"] == "layer0 output, RMS-normalised"
+    assert m.extraction["layer_range"] == [0, 1]
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         assert set(f.keys()) == {"embed_tokens"}
     eps = SPECS[family][2]["rms_norm_eps"]
@@ -63,6 +65,25 @@ def test_rows_are_the_full_models_layer0_output_per_token(tiny, tmp_path, capsys
         ).max()
         > 1e-2
     )
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_standardised_rows(tiny, tmp_path, capsys, family):
+    """Default: each dimension of the plain rows centred and scaled to unit variance over the
+    vocabulary, then each row RMS-normalised again; the statistics are kept for parity."""
+    out = tmp_path / "std"
+    rc, err = run_cli([tiny[family], "--out", out, *RAW], capsys)
+    assert rc == 0, err
+    ckpt = Checkpoint.from_pretrained(out)
+    assert "standardised" in ckpt.manifest.extraction["table"]
+    plain = hf_layer0_alone(tiny[family], SPECS[family][2]["rms_norm_eps"]).double()
+    mean, std = plain.mean(0), plain.std(0)
+    np.testing.assert_allclose(ckpt.tensors[LAYER0_MEAN].numpy(), mean.numpy(), atol=2e-5)
+    np.testing.assert_allclose(ckpt.tensors[LAYER0_STD].numpy(), std.numpy(), rtol=1e-4)
+    z = (plain - mean) / std
+    want = z / z.pow(2).mean(-1, keepdim=True).sqrt()
+    np.testing.assert_allclose(ckpt.token_rows().numpy(), want.numpy(), atol=1e-4)
+    assert np.abs(want.numpy() - plain.numpy()).max() > 0.1
 
 
 def test_layer0_is_the_default_and_norm_selects_embed(tiny, tmp_path, capsys):
@@ -86,6 +107,10 @@ def test_norm_is_refused_with_the_layer0_table(tiny, tmp_path, capsys):
     assert rc == 2
     assert "--norm applies to --table embed only" in one_line_error(err)
     assert not (tmp_path / "x").exists()
+    rc, err = run_cli(
+        [tiny["llama"], "--out", tmp_path / "y", "--table", "embed", "--standardise"], capsys
+    )
+    assert rc == 2 and "--standardise applies to --table layer0" in one_line_error(err)
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0

@@ -2,7 +2,9 @@
 
 The reference runs the *whole* source model (every layer, through transformers), hooks the norm
 the checkpoint was cut from (for a layer-0 table: runs it on each token alone and takes layer 0's
-hidden state, RMS-normalised), and applies the post-processing recorded in the manifest explicitly
+hidden state, RMS-normalised, standardised with the per-dimension statistics the checkpoint
+records: they come from every vocabulary row, which the reference does not recompute), and
+applies the post-processing recorded in the manifest explicitly
 (per-token weights, centring, component removal), then mean-pools and L2-normalises. The server
 answers from its folded table with one embedding_bag. Agreement means extraction, folding and
 serving together reproduce what the model itself computes.
@@ -23,7 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zeroth.checkpoint import CENTER, COMPONENTS, TOKEN_WEIGHTS, Checkpoint
+from zeroth.checkpoint import (
+    CENTER,
+    COMPONENTS,
+    LAYER0_MEAN,
+    LAYER0_STD,
+    TOKEN_WEIGHTS,
+    Checkpoint,
+)
 from zeroth.evaluation.harness import api_encoder
 from zeroth.tokenizer import load_tokenizer
 
@@ -65,17 +74,22 @@ def is_layer0_table(ckpt: Checkpoint) -> bool:
     )
 
 
-def layer0_alone(model, ids: list[int]) -> torch.Tensor:
+def layer0_alone(ckpt: Checkpoint, model, ids: list[int]) -> torch.Tensor:
     """Each token as its own one-token input: layer 0's hidden state, RMS-normalised without a
-    weight, [T, H]. hidden_states[1] is layer 0's output as long as a later layer exists (HF
-    applies the final norm to the last entry only)."""
+    weight (and standardised when the checkpoint was), [T, H]. hidden_states[1] is layer 0's
+    output as long as a later layer exists (HF applies the final norm to the last entry only)."""
     if model.config.num_hidden_layers < 2:
         raise ValueError("the reference for a layer-0 table needs the full (multi-layer) model")
+    eps = model.config.rms_norm_eps
     unique, inverse = torch.unique(torch.tensor(ids), return_inverse=True)
     with torch.no_grad():
         out = model(input_ids=unique[:, None], output_hidden_states=True, use_cache=False)
     x = out.hidden_states[1][:, 0].to(torch.float64)
-    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + model.config.rms_norm_eps)
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    mean, std = ckpt.optional(LAYER0_MEAN), ckpt.optional(LAYER0_STD)
+    if mean is not None and std is not None:
+        x = (x - mean.double()) / std.double()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
     return x[inverse].to(torch.float32)
 
 
@@ -87,7 +101,7 @@ def reference_vectors(ckpt: Checkpoint, model, token_ids: list[list[int]]) -> np
     out = []
     for ids in token_ids:
         if layer0:
-            x = layer0_alone(model, ids)
+            x = layer0_alone(ckpt, model, ids)
         else:
             x = hooked_norm_outputs(model, ckpt.manifest.norm.source, ids)
         a = torch.ones(len(ids)) if weights is None else weights.float()[torch.tensor(ids)]
