@@ -24,7 +24,6 @@ import torch
 
 from extract.errors import ExtractError
 from zeroth.checkpoint import LAYER0_MEAN, LAYER0_STD
-from zeroth.fold import rms_normalise
 
 DEFAULT_CHUNK = 4096
 
@@ -63,7 +62,8 @@ def layer0_outputs(
         raise _Done
 
     handle = model.layers[0].register_forward_hook(grab)
-    out = []
+    # Filled in place: a list of chunks and a cat would hold the [V, H] table twice.
+    out = torch.empty(len(token_ids), model.config.hidden_size)
     try:
         for start in tqdm(
             range(0, len(token_ids), chunk), desc="layer 0", unit=" chunks", disable=not progress
@@ -73,10 +73,10 @@ def layer0_outputs(
                 model(input_ids=ids, use_cache=False)
             except _Done:
                 pass
-            out.append(captured.pop())
+            out[start : start + len(ids)] = captured.pop()
     finally:
         handle.remove()
-    return torch.cat(out) if out else torch.zeros(0, model.config.hidden_size)
+    return out
 
 
 class _Done(Exception):
@@ -84,14 +84,15 @@ class _Done(Exception):
 
 
 def plain_rows(outputs: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMS-normalise with no weight: only each row's direction and unit RMS are kept."""
-    ones = torch.ones(outputs.shape[1])
-    return rms_normalise(outputs, ones, eps, 1.0, 0.0)
+    """RMS-normalise with no weight, in place: only each row's direction and unit RMS are kept.
+    (In place and via the row norms: a Gemma-sized table is 670 MB a copy.)"""
+    mean_square = torch.linalg.vector_norm(outputs, dim=-1, keepdim=True).square_()
+    return outputs.mul_(mean_square.div_(outputs.shape[1]).add_(eps).rsqrt_())
 
 
 def standardise(rows: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float):
-    """(rows - mean) / std per dimension, then RMS-normalised again."""
-    return plain_rows((rows - mean) / std.clamp_min(1e-12), eps)
+    """(rows - mean) / std per dimension, then RMS-normalised again; in place."""
+    return plain_rows(rows.sub_(mean).div_(std.clamp_min(1e-12)), eps)
 
 
 def layer0_table(
@@ -106,7 +107,9 @@ def layer0_table(
     check needs since one token's row depends on them."""
     model = load_layer0_model(model_dir)
     ids = torch.arange(model.get_input_embeddings().num_embeddings)
-    rows = plain_rows(layer0_outputs(model, ids, chunk, progress), eps)
+    outputs = layer0_outputs(model, ids, chunk, progress)
+    del model
+    rows = plain_rows(outputs, eps)
     if not standardised:
         return rows, {}
     stats = {LAYER0_MEAN: rows.mean(0), LAYER0_STD: rows.std(0)}
