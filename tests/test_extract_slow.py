@@ -78,7 +78,8 @@ def check_parity(gguf: Path, ckpt: Path) -> None:
 
 @pytest.fixture(scope="session")
 def smollm2_default(smollm2_gguf, tmp_path_factory) -> tuple[Path, Path]:
-    """The default command (what `make model` runs), with an alias and the OpenVINO IR."""
+    """The default command (plain `python -m extract GGUF --out DIR`), with an alias and the
+    OpenVINO IR."""
     root = tmp_path_factory.mktemp("default")
     out = root / "models" / "smollm2-135m"
     models_list = root / "models_list.yaml"
