@@ -310,7 +310,7 @@ def compute(
         freq_source=freq_source,
         center=args.center,
         remove_components=k,
-        component_removal=args.component_removal if k else "full",
+        component_removal="piecewise" if k and piecewise else None,
     )
     return tensors, spec
 

@@ -180,6 +180,9 @@ def test_default_is_sif_prior_centred_with_components(tmp_path):
     assert spec.remove_components == postprocess.DEFAULT_COMPONENTS > 0
     assert spec.sif_a == postprocess.DEFAULT_SIF_A
     assert spec.freq_source.startswith("prior:wordfreq")
+    # The default's record has only the fields servers before uSIF know (strict schema).
+    written = set(spec.model_dump(exclude_none=True))
+    assert written == {"weighting", "sif_a", "freq_source", "center", "remove_components"}
 
 
 @pytest.mark.parametrize("k", [1, 3, HIDDEN])
@@ -310,7 +313,7 @@ def test_usif_with_the_prior_uses_the_reference_sentence_length(tmp_path):
     ckpt = make_checkpoint(tmp_path / "c")
     postprocess.apply(ckpt, parse(["--weighting", "usif", "--eval-dir", "/nope"]))
     spec = ckpt.manifest.postprocess
-    assert spec.usif_n == postprocess.USIF_PRIOR_N and spec.component_removal == "full"
+    assert spec.usif_n == postprocess.USIF_PRIOR_N and spec.component_removal is None
     tok = make_tokenizer(False)
     counts = freq.prior_counts(tok, ckpt.manifest.vocab_size, n_words=postprocess.PRIOR_WORDS)
     weights, _ = freq.usif_weights(freq.probabilities(counts), postprocess.USIF_PRIOR_N)

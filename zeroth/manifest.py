@@ -59,7 +59,8 @@ class PostprocessSpec(_Strict):
     remove_components: int = 0
     # piecewise: component i is removed in proportion lambda_i = s_i^2 / sum_j s_j^2 (uSIF);
     # the stored rows are scaled by sqrt(lambda_i), so zeroth.fold removes it unchanged.
-    component_removal: Literal["full", "piecewise"] = "full"
+    # None is full removal, left out of the JSON so servers older than this field still load it.
+    component_removal: Literal["piecewise"] | None = None
 
 
 # Static-embedding libraries whose trained models `python -m extract` imports.
