@@ -15,10 +15,11 @@ if TYPE_CHECKING:
     from zeroth.checkpoint import Checkpoint
 
 DESCRIPTION = """\
-Cut the token-embedding table and one RMSNorm weight out of a causal LLM (Llama, Mistral,
-Qwen2, Gemma 1-3) into a small static-embedding checkpoint: model.safetensors, the tokenizer
-and manifest.json. mergekit slices the model with a template in configs/ (one per slice); only
-embed_tokens and the chosen norm are read back and kept.
+Turn a causal LLM (Llama, Mistral, Qwen2, Gemma 1-3) into a small static-embedding checkpoint:
+model.safetensors, the tokenizer and manifest.json. mergekit slices the model with a template
+in configs/ (one per slice). By default (--table layer0) decoder layer 0 is run once on each
+vocabulary token alone and its outputs become the table; with --table embed only embed_tokens
+and the chosen RMSNorm weight are read back and kept.
 
 A model2vec, sentence-transformers StaticEmbedding or WordLlama folder is imported instead: its
 table is kept as stored, with the library's tokenizer settings, so the server answers with the
@@ -29,7 +30,7 @@ examples:
   python -m extract .cache/weights/SmolLM2-135M-Instruct.Q4_1.gguf --out models/smollm2-135m \\
       --alias text-embedding-3-small
   python -m extract .cache/weights/gemma-3-270m-q4_k_m.gguf --out models/gemma3-270m --dtype float16
-  python -m extract path/to/hf-checkpoint --out models/mine --norm layer0 --openvino
+  python -m extract path/to/hf-checkpoint --out models/mine --table embed --norm layer0
   python -m extract HuggingFaceTB/SmolLM2-135M --out models/smol   # hub id (needs network)
   python -m extract.fetch wordllama && python -m extract .cache/weights/wordllama --out models/wl
   python -m extract path/to/model2vec-model --out models/m2v --alias m2v
@@ -76,11 +77,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="model family; default: detected from config.json (architectures, model_type)",
     )
     parser.add_argument(
+        "--table",
+        choices=["layer0", "embed"],
+        default=None,
+        help="the served table: layer0 = decoder layer 0 run on each vocabulary token alone "
+        "(a [0, 1] slice; RMS-normalised without a weight), embed = embed_tokens with the "
+        "RMSNorm --norm picks. Default: layer0, or embed when --norm is given",
+    )
+    parser.add_argument(
+        "--standardise",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--table layer0 only: standardise each dimension of the layer-0 rows over the "
+        "vocabulary, then RMS-normalise again (tames layer 0's few massive dimensions). "
+        "Default: on",
+    )
+    parser.add_argument(
         "--norm",
         choices=["final", "layer0"],
-        default="final",
-        help="which RMSNorm weight to keep: the final model.norm (what a [0, 0] slice keeps) "
-        "or layer 0's input_layernorm (a [0, 1] slice). Default: final",
+        default=None,
+        help="--table embed only (refused with --table layer0): which RMSNorm weight to keep, "
+        "the final model.norm (what a [0, 0] slice keeps) or layer 0's input_layernorm "
+        "(a [0, 1] slice). Default: final",
     )
     parser.add_argument(
         "--dtype",
@@ -152,6 +170,8 @@ def extract(args: argparse.Namespace) -> Path:
     library = detect(Path(args.source).expanduser())
     if library is not None:
         check_options(args, build_parser().get_default, library)
+    else:
+        table_and_norm(args)  # before converting or slicing anything
     if args.alias:
         from extract.aliases import check_models_list
 
@@ -209,13 +229,16 @@ def extract_llm(args: argparse.Namespace, staging: Path, log: Stages) -> Checkpo
         import transformers
 
         transformers.logging.set_verbosity_error()
+        if args.quiet:
+            transformers.logging.disable_progress_bar()
 
     source = resolve_source(args.source, args.cache_dir, args.revision, log)
     try:
         family = get_family(args.family) if args.family else detect_family(source.config)
     except UnknownFamilyError as exc:
         raise ExtractError(str(exc)) from None
-    template = SLICE_TEMPLATES[args.norm]
+    table, norm = table_and_norm(args)
+    template = SLICE_TEMPLATES["layer0" if table == "layer0" else norm]
     merge_dtype = source_dtype(source.config)
     merge_config = render_config(template, source.hf_dir, merge_dtype)
     layers = merge_config["slices"][0]["sources"][0]["layer_range"][1]
@@ -223,18 +246,30 @@ def extract_llm(args: argparse.Namespace, staging: Path, log: Stages) -> Checkpo
     merged = staging / "mergekit"
     log(f"mergekit: {family.name}, {template} template, layer_range [0, {layers}]")
     run_mergekit(merge_config, merged, verbose=args.verbose, quiet=args.quiet)
-    embed, norm_weight = read_embed_and_norm(merged, args.norm, family.tensors)
+    if table == "layer0":
+        from extract.layer0_table import layer0_table
+        from extract.write import norm_eps
+
+        log("running layer 0 on each vocabulary token alone")
+        standardised = args.standardise is not False
+        embed, stats = layer0_table(
+            merged, norm_eps(source.config), standardised, progress=not args.quiet
+        )
+        norm_weight = None
+    else:
+        embed, norm_weight = read_embed_and_norm(merged, norm, family.tensors)
+        standardised, stats = False, {}
     tokenizer_src = merged if (merged / "tokenizer.json").is_file() else source.hf_dir
     if not (tokenizer_src / "tokenizer.json").is_file():
         raise ExtractError(f"{source.hf_dir}: no tokenizer.json (a fast tokenizer is needed)")
     tokenizer_dir = stage_tokenizer(tokenizer_src, staging / "tokenizer")
-    log(f"kept embed_tokens {list(embed.shape)} and the {args.norm} norm")
+    log(f"kept {table} table {list(embed.shape)}" + (f" and the {norm} norm" if norm else ""))
     ckpt = build_checkpoint(
         family=family,
         config=source.config,
         embed=embed,
         norm_weight=norm_weight,
-        norm_source=args.norm,
+        norm_source=norm,
         dtype=args.dtype,
         tokenizer_dir=tokenizer_dir,
         add_special_tokens=args.add_special_tokens,
@@ -244,16 +279,36 @@ def extract_llm(args: argparse.Namespace, staging: Path, log: Stages) -> Checkpo
             "template": str(template_path(template).name),
             "layer_range": [0, layers],
             "mergekit_dtype": merge_dtype,
-            "norm": args.norm,
+            "table": TABLE_RECORDS[table, standardised],
+            "norm": norm,
             "dtype": args.dtype,
             "family": "given" if args.family else "detected",
         },
     )
+    ckpt.tensors.update(stats)
     try:
         postprocess.apply(ckpt, args)
     except (ValueError, OSError) as exc:  # its checks on the quality options, corpus files
         raise UsageError(str(exc).splitlines()[0]) from exc
     return ckpt
+
+
+# manifest.extraction["table"]: what the stored rows are (zeroth.evaluation.parity reads it).
+TABLE_RECORDS = {
+    ("layer0", True): "layer0 output, RMS-normalised, standardised per dimension",
+    ("layer0", False): "layer0 output, RMS-normalised",
+    ("embed", False): "embed_tokens",
+}
+
+
+def table_and_norm(args: argparse.Namespace) -> tuple[str, str | None]:
+    """--table and --norm resolved: a layer-0 table has no norm weight to choose."""
+    if args.table == "layer0" and args.norm is not None:
+        raise UsageError("--norm applies to --table embed only (the layer-0 table has no norm)")
+    table = args.table or ("embed" if args.norm else "layer0")
+    if table == "embed" and args.standardise is not None:
+        raise UsageError("--standardise applies to --table layer0 only")
+    return table, (args.norm or "final") if table == "embed" else None
 
 
 def import_library_model(

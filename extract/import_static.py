@@ -51,7 +51,9 @@ MODEL2VEC_MAX_LENGTH = 512
 # is served as trained; an import refuses them when set to anything but their default.
 LLM_ONLY = (
     "family",
+    "table",
     "norm",
+    "standardise",
     "revision",
     "add_special_tokens",
     "weighting",
@@ -61,6 +63,7 @@ LLM_ONLY = (
     "corpus_field",
     "stats_docs",
     "remove_components",
+    "component_removal",
     "center",
 )
 

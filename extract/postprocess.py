@@ -7,10 +7,13 @@ Interface used by the extraction CLI (extract/cli.py):
                                      (and manifest.quality when eval data is present)
 
 What is computed (t_i = the RMS-normalised row of token i, zeroth.fold):
-  token_weights  a_i = a / (a + p_i), p from zeroth.freq (prior or corpus counts)
+  token_weights  a_i = a / (a + p_i), p from zeroth.freq (prior or corpus counts); uSIF:
+                 a_i = a / (0.5 a + p_i) with a derived from p (zeroth.freq.usif_weights)
   center         c = the mean pooled vector of the frequency source
   components     U = its top-K principal directions (orthonormal rows), of the centred pooled
-                 vectors when centring is on, of the raw ones otherwise (as in SIF)
+                 vectors when centring is on, of the raw ones otherwise (as in SIF);
+                 piecewise (uSIF): row i scaled by sqrt(lambda_i), lambda_i = s_i^2 / sum s_j^2
+                 over the K kept, so x - (x U^T) U = x - sum lambda_i (x . u_i) u_i
 The server folds them into T_i = a_i * P(t_i - c); since P and the centring are linear, the
 served vector P(sum a_i t_i / sum a_i - c) is exactly "weighted mean, centre, remove U".
 
@@ -44,6 +47,9 @@ DEFAULT_WEIGHTING = "sif"
 DEFAULT_SIF_A = 1e-3
 DEFAULT_COMPONENTS = 4
 DEFAULT_STATS_DOCS = 200_000
+# uSIF's expected sentence length when no documents are counted: the reference code's value
+# for STS (kawine/usif); with --corpus it is the corpus's mean tokens per document.
+USIF_PRIOR_N = 11
 PRIOR_WORDS = 200_000
 QUALITY_KEY = "stsb_dev_spearman"
 
@@ -52,9 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("quality (folded into the table; free at serving time)")
     g.add_argument(
         "--weighting",
-        choices=["none", "sif"],
+        choices=["none", "sif", "usif"],
         default=DEFAULT_WEIGHTING,
-        help="token weights for the mean: sif = a/(a+p(token)) (default: %(default)s)",
+        help="token weights for the mean: sif = a/(a+p(token)); usif = a/(0.5a+p(token)) with "
+        "a derived from the frequencies (Ethayarajh 2018; --sif-a unused) "
+        "(default: %(default)s)",
     )
     g.add_argument(
         "--sif-a",
@@ -101,6 +109,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="remove the top-K principal directions of pooled vectors (default: %(default)s)",
     )
     g.add_argument(
+        "--component-removal",
+        choices=["full", "piecewise"],
+        default="full",
+        help="full: remove each of the K directions entirely; piecewise: remove direction i "
+        "in proportion s_i^2 / sum_j s_j^2 of its variance among the K, as uSIF does "
+        "(default: %(default)s)",
+    )
+    g.add_argument(
         "--center",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -139,14 +155,19 @@ def _normed(ckpt: Checkpoint) -> torch.Tensor:
     return ckpt.token_rows()
 
 
-def top_components(second_moment: torch.Tensor, k: int) -> torch.Tensor:
-    """Top-k eigenvectors of a symmetric [H, H] matrix as orthonormal rows, largest first."""
-    _, vectors = torch.linalg.eigh(second_moment.double())
-    return vectors[:, -k:].flip(1).T.contiguous().float()
+def top_components(second_moment: torch.Tensor, k: int, piecewise: bool = False) -> torch.Tensor:
+    """Top-k eigenvectors of a symmetric [H, H] matrix as rows, largest first: orthonormal, or
+    with piecewise each scaled by sqrt(its eigenvalue's share of the k eigenvalues)."""
+    values, vectors = torch.linalg.eigh(second_moment.double())
+    rows = vectors[:, -k:].flip(1).T
+    if piecewise:
+        top = values[-k:].flip(0).clamp_min(0)
+        rows = rows * (top / top.sum()).sqrt()[:, None]
+    return rows.contiguous().float()
 
 
 def table_statistics(
-    normed: torch.Tensor, q: np.ndarray, center: bool, k: int
+    normed: torch.Tensor, q: np.ndarray, center: bool, k: int, piecewise: bool = False
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Mean and top-k directions of token rows drawn with probabilities q (prior source)."""
     q_t = torch.from_numpy(q)
@@ -157,7 +178,8 @@ def table_statistics(
     if center:
         x = x - mean
     moment = (x * w[:, None]).T @ x
-    return (mean.float() if center else None), (top_components(moment, k) if k else None)
+    components = top_components(moment, k, piecewise) if k else None
+    return (mean.float() if center else None), components
 
 
 def pooled_statistics(
@@ -172,6 +194,7 @@ def pooled_statistics(
     max_docs: int,
     batch_size: int = 1024,
     progress: bool = True,
+    piecewise: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Mean and top-k directions of the documents' pooled vectors, streamed (sum + [H, H])."""
     from itertools import islice
@@ -205,7 +228,8 @@ def pooled_statistics(
     moment = moment / n
     if center:
         moment = moment - torch.outer(mean, mean)
-    return (mean.float() if center else None), (top_components(moment, k) if k else None)
+    components = top_components(moment, k, piecewise) if k else None
+    return (mean.float() if center else None), components
 
 
 def compute(
@@ -217,7 +241,8 @@ def compute(
     k = args.remove_components
     if k > m.hidden_size:
         raise ValueError(f"--remove-components {k} exceeds the hidden size {m.hidden_size}")
-    sif = args.weighting == "sif"
+    sif = args.weighting in ("sif", "usif")
+    piecewise = args.component_removal == "piecewise"
     if not sif and not args.center and k == 0:
         return {}, PostprocessSpec()
 
@@ -238,10 +263,16 @@ def compute(
         counts = freq.prior_counts(tokenizer, m.vocab_size, n_words=PRIOR_WORDS)
         freq_source = f"prior:wordfreq-en-top{PRIOR_WORDS}"
     p = freq.probabilities(counts)
+    usif_a = usif_n = None
 
     tensors: dict[str, torch.Tensor] = {}
     weights = None
-    if sif:
+    if args.weighting == "usif":
+        usif_n = round(counts.sum() / n_docs, 2) if source == "corpus" else USIF_PRIOR_N
+        w, usif_a = freq.usif_weights(p, usif_n)
+        weights = torch.from_numpy(w).float()
+        tensors[TOKEN_WEIGHTS] = weights
+    elif sif:
         weights = torch.from_numpy(freq.sif_weights(p, args.sif_a)).float()
         tensors[TOKEN_WEIGHTS] = weights
     if args.center or k:
@@ -262,20 +293,24 @@ def compute(
                 k,
                 args.stats_docs,
                 progress=progress,
+                piecewise=piecewise,
             )
         else:
             q = p * (weights.double().numpy() if sif else 1.0)
-            center, components = table_statistics(normed, q, args.center, k)
+            center, components = table_statistics(normed, q, args.center, k, piecewise)
         if center is not None:
             tensors[CENTER] = center
         if components is not None:
             tensors[COMPONENTS] = components
     spec = PostprocessSpec(
         weighting=args.weighting,
-        sif_a=args.sif_a if sif else None,
+        sif_a=args.sif_a if args.weighting == "sif" else None,
+        usif_a=usif_a,
+        usif_n=usif_n,
         freq_source=freq_source,
         center=args.center,
         remove_components=k,
+        component_removal="piecewise" if k and piecewise else None,
     )
     return tensors, spec
 

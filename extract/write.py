@@ -108,8 +108,8 @@ def build_checkpoint(
     family: Family,
     config: dict,
     embed: torch.Tensor,
-    norm_weight: torch.Tensor,
-    norm_source: str,
+    norm_weight: torch.Tensor | None,
+    norm_source: str | None,
     dtype: str,
     tokenizer_dir: Path,
     add_special_tokens: bool,
@@ -128,15 +128,20 @@ def build_checkpoint(
         vocab_size=vocab,
         hidden_size=hidden,
         dtype=dtype,
-        embed_scale=family.embed_scale(hidden),
-        norm=NormSpec(source=norm_source, eps=norm_eps(config), offset=family.norm_offset),
+        # Rows computed at extraction (the layer-0 table) already hold the scale and norm.
+        embed_scale=family.embed_scale(hidden) if norm_weight is not None else 1.0,
+        norm=None
+        if norm_weight is None
+        else NormSpec(source=norm_source, eps=norm_eps(config), offset=family.norm_offset),
         tokenizer=tokenizer_spec(tokenizer_dir, config, add_special_tokens),
         source=source,
         extraction={**extraction, "created": datetime.now(UTC).isoformat(timespec="seconds")},
         tools=tool_versions(),
     )
     # Stored precision from the start, so postprocessing sees the table the server will load.
-    tensors = {EMBED: embed.to(getattr(torch, dtype)), NORM: norm_weight.to(torch.float32)}
+    tensors = {EMBED: embed.to(getattr(torch, dtype))}
+    if norm_weight is not None:
+        tensors[NORM] = norm_weight.to(torch.float32)
     return Checkpoint(manifest, tensors, tokenizer_dir)
 
 

@@ -357,3 +357,31 @@ def test_quality_table_scores_each_variant(tmp_path, eval_dir, monkeypatch):
         encode, _ = quality_table.variant_encoder(base, flags, eval_dir)
         changed = np.abs(encode(texts) - plain).max() > 1e-4
         assert changed == (name != "seed"), name
+
+
+def test_quality_table_takes_layer0_tables_and_refuses_imports(tmp_path, eval_dir, monkeypatch):
+    """A layer-0 base (rows stored as computed, no norm) gets every variant; an imported model
+    (rows as stored, no extraction table) is refused."""
+    from extract import postprocess
+    from zeroth.evaluation import quality_table
+
+    monkeypatch.setattr(postprocess, "PRIOR_WORDS", 5000)
+    seed = make_checkpoint(tmp_path / "seed", add_bos=True)
+    rows = seed.token_rows()
+    seed.manifest.norm = None
+    seed.tensors = {"embed_tokens": rows}
+    for name, table in (("l0", "layer0 output, RMS-normalised"), ("imported", None)):
+        seed.manifest.extraction = {"table": table} if table else {}
+        seed.save_pretrained(tmp_path / name)
+    js = tmp_path / "q.json"
+    argv = ["--variants", "seed", "usif", "--tasks", "stsb", "--eval-dir", str(eval_dir)]
+    assert quality_table.main(["--base", f"tiny={tmp_path / 'l0'}", *argv, "--json", str(js)]) == 0
+    records = json.loads(js.read_text())
+    assert [(r["table"], r["norm"], r["variant"]) for r in records] == [
+        ("layer0", None, "seed"),
+        ("layer0", None, "usif"),
+    ]
+    assert records[0]["tasks"] != records[1]["tasks"]
+    with pytest.raises(SystemExit) as exit_info:
+        quality_table.main(["--base", f"tiny={tmp_path / 'imported'}", *argv])
+    assert exit_info.value.code == 2

@@ -118,7 +118,7 @@ def test_manifest_records_family_conventions(tiny, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g3"]  # no staging dir left
 
     llama = tmp_path / "llama"
-    assert run_cli([tiny["llama"], "--out", llama, *RAW], capsys)[0] == 0
+    assert run_cli([tiny["llama"], "--out", llama, "--table", "embed", *RAW], capsys)[0] == 0
     m = Manifest.read(llama)
     assert (m.embed_scale, m.norm.offset, m.norm.source) == (1.0, 0.0, "final")
     assert m.extraction["layer_range"] == [0, 0]
@@ -129,7 +129,8 @@ def test_dtype_options(tiny, tmp_path, capsys):
     sizes, vectors = {}, {}
     for dtype in ("float32", "float16", "bfloat16"):
         out = tmp_path / dtype
-        rc, err = run_cli([tiny["mistral"], "--out", out, "--dtype", dtype, *RAW], capsys)
+        argv = [tiny["mistral"], "--out", out, "--dtype", dtype, "--table", "embed", *RAW]
+        rc, err = run_cli(argv, capsys)
         assert rc == 0, err
         with safe_open(str(out / "model.safetensors"), "pt") as f:
             assert str(f.get_tensor("embed_tokens").dtype) == f"torch.{dtype}"
@@ -145,7 +146,7 @@ def test_dtype_options(tiny, tmp_path, capsys):
 
 def test_existing_output_needs_force(tiny, tmp_path, capsys):
     out = tmp_path / "ckpt"
-    assert run_cli([tiny["llama"], "--out", out, *RAW], capsys)[0] == 0
+    assert run_cli([tiny["llama"], "--out", out, "--norm", "final", *RAW], capsys)[0] == 0
     rc, err = run_cli([tiny["llama"], "--out", out, "--norm", "layer0", *RAW], capsys)
     assert rc == 2 and "already exists" in one_line_error(err)
     assert Manifest.read(out).norm.source == "final"
@@ -283,6 +284,7 @@ def test_help_lists_every_option(capsys):
     for option in (
         "--out", "--force", "--family", "--norm", "--dtype", "--add-special-tokens", "--openvino",
         "--ov-weights", "--alias", "--models-list", "--revision", "--cache-dir", "--weighting",
+        "--table", "--component-removal",
     ):  # fmt: skip
         assert option in text
     assert "gemma3" in text and "examples:" in text

@@ -253,6 +253,9 @@ def test_dimensions_is_the_libraries_matryoshka_truncation(served_app):
     "option",
     [
         ["--norm", "layer0"],
+        ["--table", "layer0"],
+        ["--no-standardise"],
+        ["--component-removal", "piecewise"],
         ["--family", "llama"],
         ["--weighting", "none"],
         ["--no-center"],

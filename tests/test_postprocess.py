@@ -180,6 +180,9 @@ def test_default_is_sif_prior_centred_with_components(tmp_path):
     assert spec.remove_components == postprocess.DEFAULT_COMPONENTS > 0
     assert spec.sif_a == postprocess.DEFAULT_SIF_A
     assert spec.freq_source.startswith("prior:wordfreq")
+    # The default's record has only the fields servers before uSIF know (strict schema).
+    written = set(spec.model_dump(exclude_none=True))
+    assert written == {"weighting", "sif_a", "freq_source", "center", "remove_components"}
 
 
 @pytest.mark.parametrize("k", [1, 3, HIDDEN])
@@ -192,13 +195,15 @@ def test_components_are_orthonormal(tmp_path, corpus_file, k, source):
     np.testing.assert_allclose((u @ u.T).numpy(), np.eye(k), atol=1e-5)
 
 
-def pooled_corpus_vectors(ckpt: Checkpoint, weights: np.ndarray | None) -> np.ndarray:
+def pooled_corpus_vectors(
+    ckpt: Checkpoint, weights: np.ndarray | None, docs: list[str] = CORPUS
+) -> np.ndarray:
     tok = make_tokenizer(False)
     m = ckpt.manifest
     e = ckpt.embed.double().numpy()
     rows = e / np.sqrt((e**2).mean(1, keepdims=True) + m.norm.eps) * ckpt.norm_weight.numpy()
     out = []
-    for doc in CORPUS:
+    for doc in docs:
         ids = tok.encode(doc).ids
         a = np.ones(len(ids)) if weights is None else weights[ids]
         out.append((a[:, None] * rows[ids]).sum(0) / a.sum())
@@ -234,6 +239,87 @@ def test_prior_centre_is_the_expected_pooled_vector(tmp_path):
     e = ckpt.embed.double().numpy()
     rows = e / np.sqrt((e**2).mean(1, keepdims=True) + m.norm.eps) * ckpt.norm_weight.numpy()
     np.testing.assert_allclose(ckpt.tensors[CENTER].numpy(), q @ rows, atol=1e-5)
+
+
+def test_usif_weights_follow_the_papers_definition():
+    """uSIF on a toy word-count table, written out as the reference code (kawine/usif) does."""
+    counts = {"the": 500, "of": 200, "cat": 30, "sat": 20, "mat": 5, "zebra": 1, "quark": 1}
+    vocab = ["<pad>", *counts, "unseen"]  # <pad> and "unseen" have no count
+    p = freq.probabilities(np.array([counts.get(w, 0) for w in vocab], dtype=float))
+    for n in (1, 5):
+        prob = {w: c / sum(counts.values()) for w, c in counts.items()}
+        size = len(prob)
+        threshold = 1 - (1 - 1 / size) ** n
+        alpha = len([w for w in prob if prob[w] > threshold]) / size
+        a = (1 - alpha) / (alpha * 0.5 * size)
+        expected = [a / (0.5 * a + prob.get(w, min(prob.values()))) for w in vocab]
+        weights, got_a = freq.usif_weights(p, n)
+        assert got_a == pytest.approx(a)
+        np.testing.assert_allclose(weights, expected, rtol=1e-12)
+    # A longer walk raises the threshold: fewer tokens count as frequent, so a grows.
+    assert freq.usif_weights(p, 5)[1] > freq.usif_weights(p, 1)[1]
+    with pytest.raises(ValueError, match="n must be > 0"):
+        freq.usif_weights(p, 0)
+    with pytest.raises(ValueError, match="no token is more frequent"):
+        freq.usif_weights(p, 11)
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_piecewise_removal_folds_exactly(tmp_path, center):
+    """The stored rows scaled by sqrt(lambda_i) make the folded table remove
+    sum_i lambda_i (v . u_i) u_i, lambda_i = s_i^2 / sum_j s_j^2 over the K kept."""
+    k = 3
+    # uSIF needs a token more frequent than 1 - (1 - 1/|V|)^n: "the", as in real text.
+    corpus_file = tmp_path / "corpus.txt"
+    corpus_file.write_text("".join(f"the the {doc}\n" for doc in CORPUS))
+    base = make_checkpoint(tmp_path / "c")
+    argv = ["--corpus", str(corpus_file), "--weighting", "usif", "--remove-components", str(k)]
+    argv += ["--component-removal", "piecewise", "--eval-dir", "/nope"]
+    argv += ["--center" if center else "--no-center"]
+    postprocess.apply(base, parse(argv))
+    out = tmp_path / "piecewise"
+    base.save_pretrained(out)
+    spec = Manifest.read(out).postprocess
+    assert (spec.weighting, spec.component_removal, spec.sif_a) == ("usif", "piecewise", None)
+    tok = make_tokenizer(False)
+    docs = corpus_file.read_text().splitlines()
+    n_tokens = sum(len(tok.encode(d).ids) for d in docs) / len(docs)
+    assert spec.usif_n == pytest.approx(n_tokens, abs=0.01)
+    counts, _ = freq.corpus_counts(tok, base.manifest.vocab_size, [corpus_file], progress=False)
+    weights, a = freq.usif_weights(freq.probabilities(counts), spec.usif_n)
+    assert spec.usif_a == pytest.approx(a)
+    np.testing.assert_allclose(base.tensors[TOKEN_WEIGHTS].numpy(), weights, rtol=1e-6)
+
+    pooled = pooled_corpus_vectors(base, weights, docs)
+    mean = pooled.mean(0) if center else np.zeros(HIDDEN)
+    _, s, vt = np.linalg.svd(pooled - mean, full_matrices=False)
+    lam = s[:k] ** 2 / (s[:k] ** 2).sum()
+    e = base.embed.double().numpy()
+    rows = e / np.sqrt((e**2).mean(1, keepdims=True) + 1e-6) * base.norm_weight.double().numpy()
+    expected, full = [], []
+    for text in TEXTS:
+        ids = tok.encode(text).ids
+        v = (weights[ids, None] * rows[ids]).sum(0) / weights[ids].sum() - mean
+        removed = v - sum(lam[i] * (v @ vt[i]) * vt[i] for i in range(k))
+        expected.append(removed / np.linalg.norm(removed))
+        whole = v - vt[:k].T @ (vt[:k] @ v)
+        full.append(whole / np.linalg.norm(whole))
+    served = StaticEmbedder.from_pretrained(out).encode(TEXTS)
+    np.testing.assert_allclose(served, np.array(expected), atol=1e-5)
+    assert np.abs(served - np.array(full)).max() > 1e-3  # not the same as full removal
+
+
+def test_usif_with_the_prior_uses_the_reference_sentence_length(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "c")
+    postprocess.apply(ckpt, parse(["--weighting", "usif", "--eval-dir", "/nope"]))
+    spec = ckpt.manifest.postprocess
+    assert spec.usif_n == postprocess.USIF_PRIOR_N and spec.component_removal is None
+    tok = make_tokenizer(False)
+    counts = freq.prior_counts(tok, ckpt.manifest.vocab_size, n_words=postprocess.PRIOR_WORDS)
+    weights, _ = freq.usif_weights(freq.probabilities(counts), postprocess.USIF_PRIOR_N)
+    np.testing.assert_allclose(ckpt.tensors[TOKEN_WEIGHTS].numpy(), weights, rtol=1e-6)
+    u = ckpt.tensors[COMPONENTS].double()  # full removal keeps orthonormal rows
+    np.testing.assert_allclose((u @ u.T).numpy(), np.eye(len(u)), atol=1e-5)
 
 
 # --- frequency estimation ------------------------------------------------------------------

@@ -19,6 +19,10 @@ TOKEN_WEIGHTS = "token_weights"
 CENTER = "center"
 COMPONENTS = "components"
 OPTIONAL_TENSORS = (TOKEN_WEIGHTS, CENTER, COMPONENTS)
+# The per-dimension statistics a standardised layer-0 table was built with ([H] each). Serving
+# never reads them (the rows already hold them); the parity check does.
+LAYER0_MEAN = "layer0_mean"
+LAYER0_STD = "layer0_std"
 
 # Tokenizer side files copied along with tokenizer.json when present.
 TOKENIZER_FILES = (

@@ -155,3 +155,25 @@ def sif_weights(p: np.ndarray, a: float) -> np.ndarray:
     if a <= 0:
         raise ValueError(f"SIF a must be > 0, got {a}")
     return a / (a + p)
+
+
+def usif_weights(p: np.ndarray, n: float) -> tuple[np.ndarray, float]:
+    """Unsupervised SIF (Ethayarajh 2018): a / (0.5 a + p), with a derived from p and n.
+
+    As the reference implementation (kawine/usif) defines it: the vocabulary V is the tokens
+    the frequency source saw (p > 0), unseen tokens take the smallest seen p, n is the expected
+    sentence length, alpha the share of V with p > 1 - (1 - 1/|V|)^n, Z = |V| / 2 and
+    a = (1 - alpha) / (alpha Z). Returns (weights, a).
+    """
+    if n <= 0:
+        raise ValueError(f"uSIF sentence length n must be > 0, got {n}")
+    seen = p[p > 0]
+    if seen.size == 0:
+        raise ValueError("no tokens counted: the frequency source is empty")
+    vocab = float(seen.size)
+    threshold = 1 - (1 - 1 / vocab) ** n
+    alpha = float((seen > threshold).sum()) / vocab
+    if alpha == 0:
+        raise ValueError(f"uSIF: no token is more frequent than 1 - (1 - 1/|V|)^n (n={n})")
+    a = (1 - alpha) / (alpha * 0.5 * vocab)
+    return a / (0.5 * a + np.where(p > 0, p, seen.min())), a

@@ -49,11 +49,18 @@ class TokenizerSpec(_Strict):
 class PostprocessSpec(_Strict):
     """Training-free quality levers, folded into the table at load time (zeroth.fold)."""
 
-    weighting: Literal["none", "sif"] = "none"
+    weighting: Literal["none", "sif", "usif"] = "none"
     sif_a: float | None = None
+    # uSIF's a/(0.5a + p): a is derived from the frequencies and n, the sentence length.
+    usif_a: float | None = None
+    usif_n: float | None = None
     freq_source: str | None = None  # "prior:wordfreq", "corpus:<files>", ...
     center: bool = False
     remove_components: int = 0
+    # piecewise: component i is removed in proportion lambda_i = s_i^2 / sum_j s_j^2 (uSIF);
+    # the stored rows are scaled by sqrt(lambda_i), so zeroth.fold removes it unchanged.
+    # None is full removal, left out of the JSON so servers older than this field still load it.
+    component_removal: Literal["piecewise"] | None = None
 
 
 # Static-embedding libraries whose trained models `python -m extract` imports.

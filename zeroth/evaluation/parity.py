@@ -1,7 +1,10 @@
 """Parity check in the spirit of OVMS's compare_results.py: server vectors vs the full HF model.
 
 The reference runs the *whole* source model (every layer, through transformers), hooks the norm
-the checkpoint was cut from, and applies the post-processing recorded in the manifest explicitly
+the checkpoint was cut from (for a layer-0 table: runs it on each token alone and takes layer 0's
+hidden state, RMS-normalised, standardised with the per-dimension statistics the checkpoint
+records: they come from every vocabulary row, which the reference does not recompute), and
+applies the post-processing recorded in the manifest explicitly
 (per-token weights, centring, component removal), then mean-pools and L2-normalises. The server
 answers from its folded table with one embedding_bag. Agreement means extraction, folding and
 serving together reproduce what the model itself computes.
@@ -22,7 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zeroth.checkpoint import CENTER, COMPONENTS, TOKEN_WEIGHTS, Checkpoint
+from zeroth.checkpoint import (
+    CENTER,
+    COMPONENTS,
+    LAYER0_MEAN,
+    LAYER0_STD,
+    TOKEN_WEIGHTS,
+    Checkpoint,
+)
 from zeroth.evaluation.harness import api_encoder
 from zeroth.tokenizer import load_tokenizer
 
@@ -58,13 +68,42 @@ def hooked_norm_outputs(model, norm_source: str, ids: list[int]) -> torch.Tensor
     return captured[0][0].to(torch.float32)
 
 
+def is_layer0_table(ckpt: Checkpoint) -> bool:
+    return ckpt.manifest.norm is None and str(ckpt.manifest.extraction.get("table", "")).startswith(
+        "layer0"
+    )
+
+
+def layer0_alone(ckpt: Checkpoint, model, ids: list[int]) -> torch.Tensor:
+    """Each token as its own one-token input: layer 0's hidden state, RMS-normalised without a
+    weight (and standardised when the checkpoint was), [T, H]. hidden_states[1] is layer 0's
+    output as long as a later layer exists (HF applies the final norm to the last entry only)."""
+    if model.config.num_hidden_layers < 2:
+        raise ValueError("the reference for a layer-0 table needs the full (multi-layer) model")
+    eps = model.config.rms_norm_eps
+    unique, inverse = torch.unique(torch.tensor(ids), return_inverse=True)
+    with torch.no_grad():
+        out = model(input_ids=unique[:, None], output_hidden_states=True, use_cache=False)
+    x = out.hidden_states[1][:, 0].to(torch.float64)
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    mean, std = ckpt.optional(LAYER0_MEAN), ckpt.optional(LAYER0_STD)
+    if mean is not None and std is not None:
+        x = (x - mean.double()) / std.double()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return x[inverse].to(torch.float32)
+
+
 def reference_vectors(ckpt: Checkpoint, model, token_ids: list[list[int]]) -> np.ndarray:
     weights = ckpt.optional(TOKEN_WEIGHTS)
     center = ckpt.optional(CENTER)
     components = ckpt.optional(COMPONENTS)
+    layer0 = is_layer0_table(ckpt)
     out = []
     for ids in token_ids:
-        x = hooked_norm_outputs(model, ckpt.manifest.norm.source, ids)
+        if layer0:
+            x = layer0_alone(ckpt, model, ids)
+        else:
+            x = hooked_norm_outputs(model, ckpt.manifest.norm.source, ids)
         a = torch.ones(len(ids)) if weights is None else weights.float()[torch.tensor(ids)]
         v = (a[:, None] * x).sum(0) / a.sum()
         if center is not None:
@@ -107,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.inputs:
         texts = [t for t in args.inputs.read_text().splitlines() if t.strip()]
     ckpt = Checkpoint.from_pretrained(args.checkpoint)
-    if ckpt.manifest.norm is None:
+    if ckpt.manifest.norm is None and not is_layer0_table(ckpt):
         p.error(f"{args.checkpoint}: its table is served as stored (no LLM norm to compare with)")
     tokenizer = load_tokenizer(args.checkpoint / ckpt.manifest.tokenizer.file)
     add_special = ckpt.manifest.tokenizer.add_special_tokens
@@ -124,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "inputs": len(texts),
         "min_cosine": float(cosine.min()),
         "max_abs_diff": float(np.abs(served - expected).max()),
-        "norm": ckpt.manifest.norm.source,
+        "norm": ckpt.manifest.norm.source if ckpt.manifest.norm else "layer0 table",
         "postprocess": ckpt.manifest.postprocess.model_dump(),
         "ok": bool(cosine.min() >= args.min_cosine),
     }
@@ -133,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             f"{args.model} @ {args.api_url} vs the full {ckpt.manifest.architecture}, "
-            f"{result['norm']} norm"
+            + (f"{result['norm']} norm" if ckpt.manifest.norm else "layer 0 on each token alone")
         )
         print(
             f"inputs {result['inputs']}  min cosine {result['min_cosine']:.7f}  "

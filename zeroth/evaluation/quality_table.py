@@ -46,6 +46,20 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     ),
     "sif+center": ("SIF + centring (prior)", ["--remove-components", "0"]),
     "default": ("**default** (SIF prior + centre + components)", []),
+    "k2": ("default flags, 2 components", ["--remove-components", "2"]),
+    "k8": ("default flags, 8 components", ["--remove-components", "8"]),
+    "usif": (
+        "uSIF (prior): its weights + 5 components removed piecewise, no centring",
+        [
+            "--weighting",
+            "usif",
+            "--component-removal",
+            "piecewise",
+            "--remove-components",
+            "5",
+            "--no-center",
+        ],
+    ),
     "corpus": ("default flags + `--corpus` STS-B train sentences", ["--corpus", "{corpus}"]),
 }
 
@@ -54,6 +68,13 @@ def stsb_train_corpus(eval_dir: Path, out: Path) -> Path:
     s1, s2, _ = load_stsb(eval_dir / "stsbenchmark" / "sts-train.csv")
     out.write_text("\n".join(dict.fromkeys(s1 + s2)) + "\n")
     return out
+
+
+def base_table(base: Checkpoint) -> str | None:
+    """The LLM table a base holds (embed or layer0), None for an imported model."""
+    if str(base.manifest.extraction.get("table", "")).startswith("layer0"):
+        return "layer0"
+    return "embed" if base.manifest.norm is not None else None
 
 
 def variant_encoder(base: Checkpoint, flags: list[str], eval_dir: Path):
@@ -98,19 +119,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         for spec in args.base:
             label, _, directory = spec.partition("=")
             base = Checkpoint.from_pretrained(directory)
-            if base.manifest.norm is None:
+            table = base_table(base)
+            if table is None:
                 p.error(f"{directory}: the table is served as stored; the variants need an LLM")
-            norm = base.manifest.norm.source
+            norm = base.manifest.norm.source if base.manifest.norm else None
+            kind = f"{norm} norm" if norm else f"{table} table"
             for name in args.variants:
                 title, flags = VARIANTS[name]
                 flags = [f.replace("{corpus}", str(corpus)) for f in flags]
                 encode, seconds = variant_encoder(base, flags, args.eval_dir)
                 results = evaluate(encode, args.tasks, args.eval_dir, progress=False)
-                row_label = f"{label} ({norm} norm): {title}"
+                row_label = f"{label} ({kind}): {title}"
                 rows.append((row_label, results))
                 records.append(
                     {
                         "base": label,
+                        "table": table,
                         "norm": norm,
                         "variant": name,
                         "flags": flags,
