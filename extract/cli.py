@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from extract import postprocess
+from extract import align_step, postprocess
 from extract.errors import ExtractError, UsageError
 
 if TYPE_CHECKING:
@@ -34,6 +34,9 @@ examples:
   python -m extract HuggingFaceTB/SmolLM2-135M --out models/smol   # hub id (needs network)
   python -m extract.fetch wordllama && python -m extract .cache/weights/wordllama --out models/wl
   python -m extract path/to/model2vec-model --out models/m2v --alias m2v
+  python -m zeroth.evaluation.corpus --out corpus.txt && python -m extract.fetch minilm
+  python -m extract .cache/weights/SmolLM2-135M-Instruct.Q4_1.gguf --out models/smol-aligned \
+      --teacher .cache/weights/all-MiniLM-L6-v2 --corpus corpus.txt
 
 exit status: 0 ok, 1 extraction failed, 2 bad arguments or output exists."""
 
@@ -120,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir",
         type=Path,
         default=Path(".cache"),
-        help="where converted GGUF models are cached (under hf/<sha256 prefix>). Default: .cache",
+        help="where converted GGUF models (hf/<sha256 prefix>) and --teacher vectors "
+        "(teacher/) are cached. Default: .cache",
     )
     ov = parser.add_argument_group("OpenVINO")
     ov.add_argument(
@@ -154,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="show mergekit's and transformers' logs"
     )
     postprocess.add_arguments(parser)
+    align_step.add_arguments(parser)
     return parser
 
 
@@ -172,6 +177,7 @@ def extract(args: argparse.Namespace) -> Path:
         check_options(args, build_parser().get_default, library)
     else:
         table_and_norm(args)  # before converting or slicing anything
+    align_step.check(args, build_parser().get_default)
     if args.alias:
         from extract.aliases import check_models_list
 
@@ -287,7 +293,10 @@ def extract_llm(args: argparse.Namespace, staging: Path, log: Stages) -> Checkpo
     )
     ckpt.tensors.update(stats)
     try:
-        postprocess.apply(ckpt, args)
+        if args.teacher is not None:
+            align_step.apply(ckpt, args, log, progress=not args.quiet)
+        else:
+            postprocess.apply(ckpt, args)
     except (ValueError, OSError) as exc:  # its checks on the quality options, corpus files
         raise UsageError(str(exc).splitlines()[0]) from exc
     return ckpt

@@ -65,6 +65,9 @@ LLM_ONLY = (
     "remove_components",
     "component_removal",
     "center",
+    "teacher",
+    "align_lambda",
+    "align_prior",
 )
 
 

@@ -103,6 +103,28 @@ class ImportSpec(_Strict):
     pca_dims: int | None = None
 
 
+class AlignmentSpec(_Strict):
+    """How an aligned table was fitted (python -m extract --teacher): rows are served as stored.
+
+    The table X minimises ||B X - Y||^2 + align_lambda ||X - X0||^2 over the corpus (B its bag
+    of tokens, Y the teacher's unit vectors, X0 the prior); see extract/align.py."""
+
+    teacher: str  # the folder given
+    teacher_sha256: str  # of its weight, config and tokenizer files
+    corpus: list[str]  # file names
+    corpus_sha256: str  # of the texts as read
+    corpus_texts: int
+    corpus_tokens: int
+    align_lambda: float
+    prior: Literal["table", "table+tokens"]
+    dims: int
+    # Teacher output dimensions that were zero on the whole corpus (kept at zero).
+    dead_dims: list[int] = Field(default_factory=list)
+    fit_seconds: float
+    # Spearman x100 per lambda tried ("0.1": 80.2), when the eval data was present.
+    stsb_dev_by_lambda: dict[str, float] | None = None
+
+
 class OpenVINOSpec(_Strict):
     xml: str
     weights: Literal["fp32", "fp16", "int8"]
@@ -124,6 +146,7 @@ class Manifest(_Strict):
     postprocess: PostprocessSpec = Field(default_factory=PostprocessSpec)
     source: SourceSpec | None = None
     imported: ImportSpec | None = None
+    alignment: AlignmentSpec | None = None
     extraction: dict = Field(default_factory=dict)
     tools: dict[str, str] = Field(default_factory=dict)
     openvino: OpenVINOSpec | None = None
