@@ -385,3 +385,26 @@ def test_quality_table_takes_layer0_tables_and_refuses_imports(tmp_path, eval_di
     with pytest.raises(SystemExit) as exit_info:
         quality_table.main(["--base", f"tiny={tmp_path / 'imported'}", *argv])
     assert exit_info.value.code == 2
+
+
+def test_sentence_transformers_reference_row(tiny_ckpt, eval_dir, tmp_path, capsys):
+    from tests.static_models import save_static_embedding
+    from zeroth.evaluation.harness import sentence_transformers_encoder
+
+    folder = save_static_embedding(tmp_path / "teacher")
+    js = tmp_path / "t.json"
+    argv = ["--checkpoint", str(tiny_ckpt), "--sentence-transformers", str(folder)]
+    argv += ["--eval-dir", str(eval_dir), "--tasks", "stsb", "--no-progress", "--json", str(js)]
+    assert main(argv) == 0
+    rows = json.loads(js.read_text())["rows"]
+    assert [r["model"] for r in rows] == ["tiny", "teacher"]
+    # The reference row is the library's own encode, scored like any other encoder.
+    s1, s2, gold = et.load_stsb(eval_dir / "stsbenchmark" / "sts-dev.csv")
+    want = et.pair_scores(sentence_transformers_encoder(folder, progress=False), s1, s2, gold)
+    assert rows[1]["tasks"]["stsb"]["spearman"] == pytest.approx(want["spearman"])
+
+
+def test_cli_needs_some_model(capsys):
+    with pytest.raises(SystemExit):
+        main(["--eval-dir", "."])
+    assert "one of --checkpoint, --api-url or --sentence-transformers" in capsys.readouterr().err

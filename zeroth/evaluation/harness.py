@@ -2,6 +2,7 @@
 
     python -m zeroth.evaluation --checkpoint models/smollm2-135m [models/other ...]
     python -m zeroth.evaluation --api-url http://127.0.0.1:8000/v1 --model text-embedding-3-small
+    python -m zeroth.evaluation --checkpoint models/a --sentence-transformers DIR  # + reference
     options: --tasks stsb sick scifact banking77 men (default; also stsb-train, sick-train)
              --eval-dir ../shared/eval  --markdown FILE  --json FILE
 
@@ -49,6 +50,27 @@ def checkpoint_encoder(
             )
         ]
         return np.concatenate(parts) if parts else np.zeros((0, model.dim), np.float32)
+
+    return encode
+
+
+def sentence_transformers_encoder(
+    path: str | Path, batch_size: int = 64, progress: bool = True
+) -> Encode:
+    """A sentence-transformers folder as a reference row (e.g. the teacher of an aligned table),
+    with its own tokenizer, model and pooling, as unit vectors."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(path), device="cpu")
+
+    def encode(texts: Sequence[str]) -> np.ndarray:
+        return model.encode(
+            list(texts),
+            batch_size=batch_size,
+            show_progress_bar=progress,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+        )
 
     return encode
 
@@ -128,9 +150,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m zeroth.evaluation", description=__doc__.split("\n")[0]
     )
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", nargs="+", metavar="DIR", help="zeroth checkpoint dir(s)")
     src.add_argument("--api-url", metavar="URL", help="OpenAI-compatible base URL (…/v1)")
+    p.add_argument(
+        "--sentence-transformers",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="sentence-transformers model folder(s) scored as extra rows after the others "
+        "(a reference, e.g. the teacher of an aligned checkpoint; label: the folder name)",
+    )
     p.add_argument("--model", nargs="+", metavar="NAME", help="model name(s) for --api-url")
     p.add_argument("--api-key", default="none", help="bearer token for --api-url")
     p.add_argument("--label", nargs="+", help="row labels (default: checkpoint dir / model name)")
@@ -153,9 +183,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, metavar="FILE", help="write all metrics as JSON")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if not (args.checkpoint or args.api_url or args.sentence_transformers):
+        p.error("one of --checkpoint, --api-url or --sentence-transformers is required")
     if args.api_url and not args.model:
         p.error("--api-url needs --model NAME")
-    names = args.checkpoint or args.model
+    names = args.checkpoint or args.model or []
     if args.label and len(args.label) != len(names):
         p.error(f"--label needs {len(names)} values, one per model")
     if not args.eval_dir.is_dir():
@@ -166,7 +198,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     progress = not args.no_progress
-    names = args.checkpoint or args.model
+    names = args.checkpoint or args.model or []
     labels = args.label or [Path(n).name if args.checkpoint else n for n in names]
     rows: list[tuple[str, dict[str, dict]]] = []
     for name, label in zip(names, labels, strict=True):
@@ -180,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.api_url, n, args.api_key, args.batch_size or 256, args.concurrency, progress
             )
         rows.append((label, evaluate(make(), args.tasks, args.eval_dir, progress)))
+    for folder in args.sentence_transformers:
+        encode = sentence_transformers_encoder(folder, args.batch_size or 64, progress)
+        rows.append((Path(folder).name, evaluate(encode, args.tasks, args.eval_dir, progress)))
     table = markdown_table(rows, args.tasks)
     print(table, end="")
     if args.markdown:
