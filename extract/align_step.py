@@ -27,7 +27,7 @@ from zeroth import freq
 from zeroth.checkpoint import EMBED, Checkpoint
 from zeroth.manifest import AlignmentSpec, PostprocessSpec
 
-DEFAULT_PRIOR = "table"
+DEFAULT_PRIOR = "table+tokens"
 # Post-processing options that do not apply to an aligned table (compared with their defaults).
 POSTPROCESS_OPTIONS = ("weighting", "sif_a", "freq", "stats_docs", "remove_components", "center")
 

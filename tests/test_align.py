@@ -150,11 +150,13 @@ def test_cli_writes_an_aligned_checkpoint(setup, tmp_path, capsys):
     m = Manifest.read(out)
     a = m.alignment
     assert (m.hidden_size, m.norm, m.postprocess.weighting) == (16, None, "none")
-    assert (a.align_lambda, a.prior, a.dims, a.corpus_texts) == (0.3, "table", 16, 300)
+    assert (a.align_lambda, a.prior, a.dims, a.corpus_texts) == (0.3, "table+tokens", 16, 300)
     assert a.teacher_sha256 == teacher.folder_hash(setup["teacher"])
     assert a.corpus_sha256 == teacher.texts_hash(setup["corpus"].read_text().splitlines())
     assert a.corpus_tokens > a.corpus_texts and a.stsb_dev_by_lambda is None
-    assert list((tmp_path / "cache" / "teacher").glob("*.npy"))
+    # The corpus and the token strings, each cached once.
+    assert len(list((tmp_path / "cache" / "teacher").glob("*-corpus-*.npy"))) == 1
+    assert len(list((tmp_path / "cache" / "teacher").glob("*-tokens-*.npy"))) == 1
     # Served as stored: the table's mean, L2-normalised, close to the teacher it imitates.
     served = StaticEmbedder.from_pretrained(out)
     texts = ["the cat sat on the mat", "a big red bird flew over the sea"]
@@ -167,14 +169,14 @@ def test_cli_writes_an_aligned_checkpoint(setup, tmp_path, capsys):
     assert StaticEmbedder.from_pretrained(raw).dim == 64
 
 
-def test_cli_table_plus_tokens_prior(setup, tmp_path, capsys):
+def test_cli_table_prior_encodes_no_tokens(setup, tmp_path, capsys):
     out = tmp_path / "aligned"
     rc, err = run_cli(
-        aligned_args(setup, out, tmp_path / "cache", "--align-prior", "table+tokens"), capsys
+        aligned_args(setup, out, tmp_path / "cache", "--align-prior", "table"), capsys
     )
     assert rc == 0, err
-    assert Manifest.read(out).alignment.prior == "table+tokens"
-    assert len(list((tmp_path / "cache" / "teacher").glob("*-tokens-*.npy"))) == 1
+    assert Manifest.read(out).alignment.prior == "table"
+    assert not list((tmp_path / "cache" / "teacher").glob("*-tokens-*.npy"))
 
 
 @pytest.mark.parametrize(
