@@ -261,6 +261,7 @@ def test_dimensions_is_the_libraries_matryoshka_truncation(served_app):
         ["--no-center"],
         ["--remove-components", "2"],
         ["--no-add-special-tokens"],
+        ["--teacher", "teacher-dir"],
     ],
 )
 def test_llm_only_options_are_refused(tmp_path, capsys, option):
