@@ -26,6 +26,7 @@ from extract.teacher import cached_encode, is_teacher_dir, load_teacher, texts_h
 from zeroth import freq
 from zeroth.checkpoint import EMBED, Checkpoint
 from zeroth.manifest import AlignmentSpec, PostprocessSpec
+from zeroth.tokenizer import load_tokenizer
 
 DEFAULT_PRIOR = "table+tokens"
 # Post-processing options that do not apply to an aligned table (compared with their defaults).
@@ -134,7 +135,7 @@ def apply(
 ) -> None:
     start = time.perf_counter()
     m = ckpt.manifest
-    tokenizer = postprocess._tokenizer(ckpt)
+    tokenizer = load_tokenizer(Path(ckpt.tokenizer_dir) / m.tokenizer.file)
     fields = [f for f in args.corpus_field.split(",") if f]
     texts: Sequence[str] = list(freq.iter_documents(args.corpus, fields))
     if not texts:
@@ -150,17 +151,22 @@ def apply(
     features = ckpt.token_rows().numpy()
     if args.align_prior == "table+tokens":
         log(f"teacher: encoding {m.vocab_size} token strings for the prior")
-        tokens, _ = cached_encode(
+        tokens, hit = cached_encode(
             teacher, token_strings(tokenizer, m.vocab_size), Path(args.cache_dir), kind="tokens"
         )
+        log(f"token vectors {list(tokens.shape)} ({'cache hit' if hit else 'encoded, cached'})")
         features = np.concatenate([features, tokens], axis=1)
     x0 = align.prior(bag, features, targets)
     del features
 
-    fits: list[align.Fit] = []
+    # Only the best table so far is kept: each is [V, d] (400 MB for Gemma's vocabulary).
+    best: align.Fit | None = None
+    best_score = float("-inf")
     scores: dict[str, float] = {}
+    fit_seconds = 0.0
     for lam in args.align_lambda:
         result = align.fit(bag, targets, x0, lam, progress=progress)
+        fit_seconds += result.seconds
         score = postprocess.stsb_dev_score(
             aligned_checkpoint(ckpt, result.table), args.eval_dir, tokenizer
         )
@@ -170,8 +176,9 @@ def apply(
             f"lambda {lam:g}: fit {result.seconds:.1f} s, CG iterations {result.cg_iterations}"
             + (f", STS-B dev {score}" if score is not None else "")
         )
-        fits.append(result)
-    best = max(fits, key=lambda f: scores.get(f"{f.lam:g}", 0.0)) if scores else fits[0]
+        if best is None or (score is not None and score > best_score):
+            best, best_score = result, score if score is not None else best_score
+    assert best is not None  # argparse's nargs="+" gives at least one lambda
 
     aligned = aligned_checkpoint(ckpt, best.table)
     ckpt.manifest = aligned.manifest
@@ -189,7 +196,7 @@ def apply(
         prior=args.align_prior,
         dims=int(best.table.shape[1]),
         dead_dims=best.dead_dims,
-        fit_seconds=round(sum(f.seconds for f in fits), 2),
+        fit_seconds=round(fit_seconds, 2),
         stsb_dev_by_lambda=scores or None,
     )
     import sentence_transformers
