@@ -30,7 +30,15 @@ from zeroth.tokenizer import load_tokenizer
 
 DEFAULT_PRIOR = "table+tokens"
 # Post-processing options that do not apply to an aligned table (compared with their defaults).
-POSTPROCESS_OPTIONS = ("weighting", "sif_a", "freq", "stats_docs", "remove_components", "center")
+POSTPROCESS_OPTIONS = (
+    "weighting",
+    "sif_a",
+    "freq",
+    "stats_docs",
+    "remove_components",
+    "component_removal",
+    "center",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,9 +122,18 @@ def token_strings(tokenizer, vocab_size: int) -> list[str]:
 
 
 def aligned_checkpoint(ckpt: Checkpoint, table: np.ndarray) -> Checkpoint:
-    """`ckpt` with `table` as its rows, served as stored (no norm, no post-processing)."""
+    """`ckpt` with `table` as its rows, served as stored (no norm, no post-processing).
+
+    The source table's own tensors (norm weight, layer-0 statistics) go: they describe rows
+    that are no longer stored, and a reader that checks them against the source model (the
+    parity check of a layer-0 table) must not take the aligned rows for those."""
+    source_table = ckpt.manifest.extraction.get("table", "embed_tokens")
     manifest = ckpt.manifest.model_copy(
         update={
+            "extraction": {
+                **ckpt.manifest.extraction,
+                "table": f"aligned to a teacher (prior from: {source_table})",
+            },
             "hidden_size": int(table.shape[1]),
             "norm": None,
             "embed_scale": 1.0,

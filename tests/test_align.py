@@ -150,6 +150,7 @@ def test_cli_writes_an_aligned_checkpoint(setup, tmp_path, capsys):
     m = Manifest.read(out)
     a = m.alignment
     assert (m.hidden_size, m.norm, m.postprocess.weighting) == (16, None, "none")
+    assert m.extraction["table"].startswith("aligned to a teacher (prior from: layer0")
     assert (a.align_lambda, a.prior, a.dims, a.corpus_texts) == (0.3, "table+tokens", 16, 300)
     assert a.teacher_sha256 == teacher.folder_hash(setup["teacher"])
     assert a.corpus_sha256 == teacher.texts_hash(setup["corpus"].read_text().splitlines())
@@ -189,6 +190,7 @@ def test_cli_table_prior_encodes_no_tokens(setup, tmp_path, capsys):
         (["--corpus"], "--teacher needs --corpus"),
         (["--weighting", "none"], "--weighting: not with --teacher"),
         (["--no-center"], "--no-center: not with --teacher"),
+        (["--component-removal", "piecewise"], "--component-removal: not with --teacher"),
         (["--align-lambda", "0"], "--align-lambda must be > 0"),
         (["--align-lambda", "0.1", "1"], "several --align-lambda values need STS-B dev"),
     ],
