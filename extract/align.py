@@ -11,8 +11,9 @@ the server would use it (`table`), or T beside the teacher's vector of each toke
 keep their prior row; the prior is what carries the LLM's knowledge to them.
 
 The normal equations (B^T B + lambda I) X = B^T Y + lambda X0 are solved with scipy's conjugate
-gradients, one block of output columns at a time, warm-started at X0. B^T B is never formed
-(a document of L tokens would add L^2 entries), only products with B and B^T.
+gradients, one block of output columns at a time, Jacobi-preconditioned, warm-started at X0,
+over the rows of tokens the corpus uses (the others' equations say X = X0). B^T B is never
+formed (a document of L tokens would add L^2 entries), only products with B and B^T.
 """
 
 from __future__ import annotations
@@ -73,7 +74,11 @@ def bag_of_tokens(
 
 
 def least_squares_map(features: np.ndarray, targets: np.ndarray, ridge: float = 1e-6) -> np.ndarray:
-    """P minimising ||features P - targets||^2 (a tiny ridge keeps a rank-deficient F solvable)."""
+    """P minimising ||features P - targets||^2 (a tiny ridge keeps a rank-deficient F solvable).
+
+    Measured on SmolLM2 (STS-B dev after the fit): with 800 corpus texts, fewer than P has
+    rows, a ridge of 0.01-0.1 x the mean diagonal gains ~10 points; with 19.6k texts it costs
+    0.3-1.5. Corpora that small are not what alignment is for, so the ridge stays tiny."""
     f = features.astype(np.float64)
     gram = f.T @ f
     gram[np.diag_indices_from(gram)] += ridge * max(np.trace(gram) / len(gram), 1e-12)
