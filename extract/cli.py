@@ -35,7 +35,7 @@ examples:
   python -m extract.fetch wordllama && python -m extract .cache/weights/wordllama --out models/wl
   python -m extract path/to/model2vec-model --out models/m2v --alias m2v
   python -m zeroth.evaluation.corpus --out corpus.txt && python -m extract.fetch minilm
-  python -m extract .cache/weights/SmolLM2-135M-Instruct.Q4_1.gguf --out models/smol-aligned \
+  python -m extract .cache/weights/SmolLM2-135M-Instruct.Q4_1.gguf --out models/smol-aligned \\
       --teacher .cache/weights/all-MiniLM-L6-v2 --corpus corpus.txt
 
 exit status: 0 ok, 1 extraction failed, 2 bad arguments or output exists."""

@@ -6,9 +6,10 @@ text), one text per line, deduplicated, for `python -m extract --teacher ... --c
 Held-out safety: every text that also appears verbatim (whitespace collapsed) in a split the
 harness scores on is dropped: STS-B dev (and test when present), SICK trial (and test when
 present), the SciFact queries, the Banking77 texts and the MEN words. SICK train and its
-trial/test splits share most sentences (the pairs are recombined), so this drops a large part
-of SICK train. The SciFact *documents* stay: they are the unlabelled side of the retrieval task
-(no query or relevance judgement is used), as your own documents would be.
+trial/test splits share many sentences (SICK recombines the same sentences into pairs), so
+SICK train loses some (930 texts are dropped in all from ../shared/eval). The SciFact
+*documents* stay: they are the unlabelled side of the retrieval task (no query or relevance
+judgement is used), as your own documents would be.
 """
 
 from __future__ import annotations
