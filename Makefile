@@ -11,6 +11,7 @@ WORDLLAMA_TABLE := $(WORDLLAMA)/weights/l2_supercat_256.safetensors
 # SmolLM2-135M extracted: the speed benchmarks' model (its tokenizer has a tiktoken twin, and
 # bench/seed_server.py serves the same table) and the tests of extraction and the twin.
 SMOLLM2_DIR := models/smollm2-135m
+SMOLLM2_SEED_DIR := models/smollm2-135m-seed
 SMOLLM2_GGUF := .cache/weights/SmolLM2-135M-Instruct.Q4_1.gguf
 CHROMIUM ?= chromium
 
@@ -48,6 +49,12 @@ smollm2: $(SMOLLM2_DIR)/manifest.json
 $(SMOLLM2_DIR)/manifest.json: $(SMOLLM2_GGUF)
 	$(PY) -m extract $(SMOLLM2_GGUF) --out $(SMOLLM2_DIR) --force
 
+# The seed's own method for the seed-style server of `make bench`: the [0, 0] slice (embedding
+# table + final norm), plain mean, nothing folded. Same tokenizer and table size as smollm2.
+$(SMOLLM2_SEED_DIR)/manifest.json: $(SMOLLM2_GGUF)
+	$(PY) -m extract $(SMOLLM2_GGUF) --out $(SMOLLM2_SEED_DIR) --force --table embed \
+		--weighting none --no-center --remove-components 0
+
 # Debian's Chromium, for the browser tests (Playwright drives it; its own browser download
 # cannot work offline). Quick when present; as root (CI) or through sudo.
 browser:
@@ -75,8 +82,8 @@ test: venv model smollm2 browser lint
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
 
-# Against bench/seed_server.py serving the same SmolLM2 table.
-bench: venv smollm2
+# Against bench/seed_server.py serving SmolLM2's [0, 0] slice (a table of the same size).
+bench: venv smollm2 $(SMOLLM2_SEED_DIR)/manifest.json
 	$(PY) -m bench.side_by_side
 
 # Two replicas behind nginx (apt-get install nginx): a rolling restart under load, then a slow

@@ -14,9 +14,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_EVAL_DIR = REPO.parent / "shared" / "eval"
-# The benchmarks' model (`make smollm2`), not the served default (models/wordllama): the seed
-# server (bench/seed_server.py) serves the same table, and its tokenizer has a tiktoken twin.
+# The benchmarks' model (`make smollm2`), not the served default (models/wordllama): its
+# tokenizer has a tiktoken twin. The seed server (bench/seed_server.py) needs the seed's own
+# [0, 0] slice (embedding table + final norm; `make bench` builds it): a table of the same size
+# and tokenizer, where our default build serves the layer-0 table.
 SMOLLM2_DIR = REPO / "models" / "smollm2-135m"
+SMOLLM2_SEED_DIR = REPO / "models" / "smollm2-135m-seed"
 RESULTS_DIR = REPO / "bench" / "results"
 
 # Common English words, so synthetic texts tokenise to roughly one token per word.

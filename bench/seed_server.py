@@ -5,7 +5,7 @@ from the checkpoint, a padded batch with an attention mask, masked mean, L2, `js
 lists, base64 through `struct`. Honest, not sabotaged: one torch thread per worker (fair on a
 2-core machine), inference mode. It is the baseline for bench/side_by_side.py:
 
-    SEED_MODEL_DIR=models/smollm2-135m SEED_BASE64=struct|lists OMP_NUM_THREADS=1 \\
+    SEED_MODEL_DIR=models/smollm2-135m-seed SEED_BASE64=struct|lists OMP_NUM_THREADS=1 \\
         gunicorn -w 2 -b 127.0.0.1:18110 --no-control-socket bench.seed_server:app
 """
 
@@ -24,7 +24,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaModel
 
 torch.set_num_threads(1)
 
-MODEL_DIR = Path(os.environ.get("SEED_MODEL_DIR", "models/smollm2-135m"))
+MODEL_DIR = Path(os.environ.get("SEED_MODEL_DIR", "models/smollm2-135m-seed"))
 # lists: ignore encoding_format and always send float lists, as the issue describes the seed
 # ("jsonify of lists") and as many seed servers do (the `openai` client accepts a list where it
 # asked for base64): side_by_side's base64 baseline. struct: a stricter seed that encodes base64
