@@ -13,7 +13,7 @@ the model's final norm, which HF applies to the last hidden state, is not part o
 Rows are RMS-normalised without a weight ("L0 plain"), then, by default, standardised per
 dimension over the vocabulary and RMS-normalised again: layer 0's residual stream has a few
 massive dimensions (Gemma 3: one holds ~40% of every row's energy) that otherwise swamp the
-mean; docs-drafts/layer0.md has the measurements.
+mean; the README's Quality section has the measurements.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Extraction from the real GGUF models (SmolLM2 135M, Gemma 3 270M) against the full HF model.
 
 The default build (layer-0 table, SIF prior, centre, 4 components) must keep its measured
-quality: STS-B dev >= 68 through the harness (docs-drafts/layer0.md has the whole row).
+quality: STS-B dev >= 68 through the harness (the README's Quality section has the whole row).
 
 The GGUF -> safetensors conversion is cached in .cache/hf/ by sha256, so only the first run
 pays for it (about 30 s for SmolLM2, 1-2 min for Gemma 3).
