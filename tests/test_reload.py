@@ -192,7 +192,12 @@ def test_admin_reload_signals_the_gunicorn_master(setup) -> None:
     through one worker reloads here, then SIGHUPs the master to replace every worker."""
     app, path, _, tiny8 = setup
     # A stand-in master: SIGHUP's default action ends it, which shows the signal was sent.
-    master = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # Its SIGHUP is reset to the default before exec: an ignored signal is inherited, and
+    # libraries loaded earlier in the test process (Ray among them) may have ignored it.
+    master = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
+    )
     try:
         state_of(app).reloader.master_pid = master.pid
         _list(path, {"m": {"path": str(tiny8)}})
