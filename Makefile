@@ -8,8 +8,9 @@ WORKERS ?= 2
 MODEL_DIR := models/wordllama
 WORDLLAMA := .cache/weights/wordllama
 WORDLLAMA_TABLE := $(WORDLLAMA)/weights/l2_supercat_256.safetensors
-# SmolLM2-135M extracted: the speed benchmarks' model (its tokenizer has a tiktoken twin, and
-# bench/seed_server.py serves the same table) and the tests of extraction and the twin.
+# SmolLM2-135M extracted: the speed benchmarks' model (its tokenizer has a tiktoken twin;
+# bench/seed_server.py serves its [0, 0] slice, a table of the same size) and the tests of
+# extraction and the twin.
 SMOLLM2_DIR := models/smollm2-135m
 SMOLLM2_SEED_DIR := models/smollm2-135m-seed
 SMOLLM2_GGUF := .cache/weights/SmolLM2-135M-Instruct.Q4_1.gguf
