@@ -59,21 +59,13 @@ class Teacher:
 
 
 def load_teacher(path: Path, batch_size: int = 64, progress: bool = True) -> Teacher:
-    from sentence_transformers import SentenceTransformer
+    # The harness's reference-row encoder: the vectors the table is fitted to are the ones the
+    # teacher's row in the quality table is scored with.
+    from zeroth.evaluation.harness import sentence_transformers_encoder
 
-    model = SentenceTransformer(str(path), device="cpu")
-
-    def encode(texts: Sequence[str]) -> np.ndarray:
-        vectors = model.encode(
-            list(texts),
-            batch_size=batch_size,
-            show_progress_bar=progress,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-        )
-        return np.asarray(vectors, dtype=np.float32)
-
-    return Teacher(path, folder_hash(path), encode)
+    return Teacher(
+        path, folder_hash(path), sentence_transformers_encoder(path, batch_size, progress)
+    )
 
 
 def cached_encode(

@@ -58,19 +58,21 @@ def sentence_transformers_encoder(
     path: str | Path, batch_size: int = 64, progress: bool = True
 ) -> Encode:
     """A sentence-transformers folder as a reference row (e.g. the teacher of an aligned table),
-    with its own tokenizer, model and pooling, as unit vectors."""
+    with its own tokenizer, model and pooling, as float32 unit vectors. The teacher of
+    `python -m extract --teacher` encodes with it too (extract/teacher.py)."""
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(path), device="cpu")
 
     def encode(texts: Sequence[str]) -> np.ndarray:
-        return model.encode(
+        vectors = model.encode(
             list(texts),
             batch_size=batch_size,
             show_progress_bar=progress,
             convert_to_numpy=True,
             normalize_embeddings=True,
         )
+        return np.asarray(vectors, dtype=np.float32)
 
     return encode
 
